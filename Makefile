@@ -1,0 +1,62 @@
+# litestage: every user-facing command. `make demo` and `make test` install
+# what they need, configure and build, so each is the only command to type.
+#
+#   make build   release build; binaries in build/bin/
+#   make test    unit, golden and integration tests, then a short fuzz run
+#   make demo    a local generation on the embedded default model
+#   make bench   benchmarks against peers measured in the same run
+#   make format  clang-format every C++ source
+
+SHELL := /bin/bash
+JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 20
+
+# Tests read shared models and data through LITESTAGE_SHARED; ctest runs in
+# the build tree, so a relative path is made absolute here.
+ifdef LITESTAGE_SHARED
+export LITESTAGE_SHARED := $(abspath $(LITESTAGE_SHARED))
+endif
+
+.PHONY: all deps build debug asan test test-asan fuzz demo bench format clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build/release/build.ninja: | deps
+	cmake --preset release
+
+build: deps build/release/build.ninja
+	cmake --build --preset release -j $(JOBS)
+
+debug: deps
+	cmake --preset debug && cmake --build --preset debug -j $(JOBS)
+
+asan: deps
+	cmake --preset asan && cmake --build --preset asan -j $(JOBS)
+
+test: build
+	ctest --preset release -j $(JOBS)
+	$(MAKE) fuzz
+
+test-asan: asan
+	ctest --preset asan -j $(JOBS)
+
+# Builds the libFuzzer targets with clang and runs each briefly.
+fuzz: deps
+	cmake --preset fuzz
+	cmake --build --preset fuzz -j $(JOBS) --target fuzz_safetensors_header fuzz_tokenizer
+	scripts/run-fuzzers.sh build/fuzz/bin $(FUZZ_SECONDS)
+
+demo: build
+	scripts/demo.sh
+
+bench: build
+	bench/run.sh
+
+format:
+	git ls-files '*.cc' '*.h' | xargs clang-format -i
+
+clean:
+	rm -rf build

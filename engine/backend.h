@@ -1,0 +1,115 @@
+// The compute backend interface. The engine core (generation, KV bookkeeping,
+// sampling) talks to a Backend; the CPU backend is the reference, a CUDA
+// backend implements the same interface in a separately loaded library.
+// No device type appears in this header.
+#ifndef LITESTAGE_ENGINE_BACKEND_H_
+#define LITESTAGE_ENGINE_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/kv_cache.h"
+#include "engine/model/weights.h"
+
+namespace litestage {
+
+// Which sub-layers one sequence skips. Skipping attention j leaves the
+// residual stream unchanged and writes no K/V at layer j; skipping MLP j
+// leaves it unchanged (LiteStage's granularity). A sequence must keep the
+// same attention skips for its whole life: positions it never computed at
+// layer j have no K/V there. An empty SkipSet skips nothing.
+struct SkipSet {
+  std::vector<bool> attention;  // [num_layers] true = skip; empty = none
+  std::vector<bool> mlp;        // [num_layers] true = skip; empty = none
+
+  static SkipSet None() { return {}; }
+  bool skips_attention(int64_t layer) const {
+    return layer < static_cast<int64_t>(attention.size()) && attention[layer];
+  }
+  bool skips_mlp(int64_t layer) const {
+    return layer < static_cast<int64_t>(mlp.size()) && mlp[layer];
+  }
+  int64_t num_skipped() const;
+  bool operator==(const SkipSet& other) const = default;
+};
+
+enum class SublayerKind : uint8_t { kAttention, kMlp };
+
+// Receives the residual stream around each executed sub-layer, for the
+// offline importance search (cosine similarity of input and output).
+class SublayerObserver {
+ public:
+  virtual ~SublayerObserver() = default;
+  // `input` and `output`: [num_tokens, hidden_size] f32, rows of chunk
+  // `chunk_index` of the batch, before and after the residual add.
+  virtual void Observe(int64_t chunk_index, int64_t layer, SublayerKind kind,
+                       const float* input, const float* output,
+                       int64_t num_tokens, int64_t hidden_size) = 0;
+};
+
+enum class LogitsMode : uint8_t {
+  kNone,  // Prefill chunk whose logits nobody needs yet.
+  kLast,  // Logits of the chunk's last token (decode, end of prefill).
+  kAll,   // Logits of every token (tests, scoring).
+};
+
+// The new tokens of one sequence in a forward step: a prefill chunk or one
+// decode token. Positions are [start_position, start_position + tokens.size()).
+struct SequenceChunk {
+  SequenceId sequence = 0;
+  absl::Span<const int32_t> tokens;
+  int64_t start_position = 0;  // Tokens of this sequence already in the cache.
+  const SkipSet* skip = nullptr;  // nullptr: skip nothing.
+  LogitsMode logits = LogitsMode::kLast;
+};
+
+struct ForwardBatch {
+  std::vector<SequenceChunk> chunks;
+  SublayerObserver* observer = nullptr;  // Optional; slows the step down.
+};
+
+struct ForwardResult {
+  std::vector<float> logits;  // [num_logit_rows, vocab_size] f32
+  // Chunk i's logit rows start at first_logit_row[i]: one row for kLast,
+  // tokens.size() rows for kAll, none for kNone.
+  std::vector<int64_t> first_logit_row;
+};
+
+struct BackendOptions {
+  int num_threads = 0;              // 0: one per hardware thread.
+  int64_t kv_cache_tokens = 16384;  // Total token capacity of the KV cache.
+  int64_t kv_block_size = 16;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;  // "cpu", "cuda".
+  virtual std::string description() const = 0;  // ISA, threads, device.
+
+  // Runs one step over every chunk of `batch`: writes their K/V into the
+  // cache and returns the requested logits. Reserves cache blocks first; on
+  // ResourceExhausted no sequence is changed.
+  virtual absl::Status Forward(const ForwardBatch& batch, ForwardResult* result) = 0;
+
+  KvBlockManager& kv_blocks() { return *kv_blocks_; }
+  const KvBlockManager& kv_blocks() const { return *kv_blocks_; }
+
+ protected:
+  std::unique_ptr<KvBlockManager> kv_blocks_;
+};
+
+// Creates the backend for `device` ("cpu"; "cuda" once built) over weights
+// that must outlive it.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device,
+                                                       const ModelWeights& weights,
+                                                       const BackendOptions& options);
+
+}  // namespace litestage
+
+#endif  // LITESTAGE_ENGINE_BACKEND_H_

@@ -1,0 +1,110 @@
+// Engine: a loaded model (weights, tokenizer, chat template) on a backend,
+// and generation over one or many sequences.
+#ifndef LITESTAGE_ENGINE_ENGINE_H_
+#define LITESTAGE_ENGINE_ENGINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/backend.h"
+#include "engine/model/weights.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace litestage {
+
+struct EngineOptions {
+  // A Hugging Face model directory or "synthetic:<preset>".
+  std::string model;
+  std::string device = "cpu";
+  // Matrix dtype at load; nullopt keeps the file's (synthetic: bf16).
+  std::optional<DType> matrix_dtype;
+  BackendOptions backend;
+  uint64_t synthetic_seed = 0;
+};
+
+enum class FinishReason : uint8_t {
+  kLength,      // max_new_tokens reached.
+  kEos,         // An EOS id was produced (not included in `tokens`).
+  kStopString,  // A stop string appeared (text cut before it).
+  kContext,     // The model's context length was reached.
+};
+const char* FinishReasonName(FinishReason reason);
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt_tokens;
+  SamplingParams sampling;
+  int64_t max_new_tokens = 128;
+  std::vector<std::string> stop_strings;
+  bool ignore_eos = false;  // Keep generating past EOS (benchmarks, tests).
+  SkipSet skip;             // Sub-layers this sequence skips.
+};
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;               // Generated ids, EOS excluded.
+  std::vector<TokenConfidence> confidences;  // [tokens.size()]
+  std::string text;                          // Decoded, stop string cut.
+  FinishReason finish_reason = FinishReason::kLength;
+  int64_t prompt_tokens = 0;
+  double prefill_seconds = 0;  // Prompt forward through the first token.
+  double decode_seconds = 0;   // Every later token.
+};
+
+// Called with each new piece of text of sequence `index` as it completes.
+using TextCallback = std::function<void(size_t index, const std::string& piece)>;
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+
+  const ModelConfig& config() const { return weights_->config; }
+  const ModelWeights& weights() const { return *weights_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  // Null when the model has no chat template.
+  const ChatTemplate* chat_template() const {
+    return chat_template_ ? &*chat_template_ : nullptr;
+  }
+  Backend& backend() { return *backend_; }
+  // "model_dir (llama, 5 layers, f32)"; says "SYNTHETIC" for random weights.
+  std::string Describe() const;
+
+  // Prompt text -> ids, with the tokenizer's BOS/prefix.
+  absl::StatusOr<std::vector<int32_t>> EncodePrompt(absl::string_view text) const;
+  // Chat-formatted single user turn -> ids. FailedPrecondition without a
+  // chat template.
+  absl::StatusOr<std::vector<int32_t>> EncodeChat(absl::string_view user_message) const;
+
+  // Runs `tokens` through the model in a fresh sequence and returns the
+  // logits of every position: [tokens.size(), vocab_size] f32.
+  absl::StatusOr<std::vector<float>> PromptLogits(absl::Span<const int32_t> tokens,
+                                                  const SkipSet& skip = {});
+
+  // Generates for every request together: their prefills share steps, then
+  // every live sequence decodes in one batched step per token.
+  absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(
+      absl::Span<const GenerationRequest> requests, const TextCallback& on_text = {});
+  absl::StatusOr<GenerationResult> Generate(const GenerationRequest& request,
+                                            const TextCallback& on_text = {});
+
+  // Most tokens a single forward step feeds per prefill chunk; bounds
+  // activation memory on long prompts.
+  static constexpr int64_t kMaxPrefillChunk = 512;
+
+ private:
+  Engine() = default;
+
+  std::unique_ptr<ModelWeights> weights_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::optional<ChatTemplate> chat_template_;
+  std::unique_ptr<Backend> backend_;
+};
+
+}  // namespace litestage
+
+#endif  // LITESTAGE_ENGINE_ENGINE_H_

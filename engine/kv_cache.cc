@@ -1,0 +1,72 @@
+#include "engine/kv_cache.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "engine/util/check.h"
+
+namespace litestage {
+
+KvBlockManager::KvBlockManager(int64_t num_blocks, int64_t block_size)
+    : num_blocks_(num_blocks), block_size_(block_size) {
+  LS_CHECK(num_blocks >= 0 && block_size > 0);
+  free_list_.reserve(num_blocks);
+  for (int64_t b = num_blocks - 1; b >= 0; --b) {
+    free_list_.push_back(static_cast<int32_t>(b));
+  }
+}
+
+SequenceId KvBlockManager::AddSequence() {
+  const SequenceId id = next_id_++;
+  tables_.emplace(id, std::vector<int32_t>());
+  return id;
+}
+
+absl::Status KvBlockManager::Reserve(SequenceId sequence, int64_t num_tokens) {
+  auto it = tables_.find(sequence);
+  if (it == tables_.end()) {
+    return absl::NotFoundError(absl::StrCat("KV cache: unknown sequence ", sequence));
+  }
+  std::vector<int32_t>& table = it->second;
+  const int64_t needed = (num_tokens + block_size_ - 1) / block_size_;
+  const int64_t extra = needed - static_cast<int64_t>(table.size());
+  if (extra <= 0) return absl::OkStatus();
+  if (extra > free_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "KV cache full: sequence needs ", extra, " more blocks of ", block_size_,
+        " tokens, ", free_blocks(), " of ", num_blocks_, " free"));
+  }
+  for (int64_t i = 0; i < extra; ++i) {
+    table.push_back(free_list_.back());
+    free_list_.pop_back();
+  }
+  return absl::OkStatus();
+}
+
+void KvBlockManager::Release(SequenceId sequence) {
+  auto it = tables_.find(sequence);
+  if (it == tables_.end()) return;
+  for (int32_t block : it->second) free_list_.push_back(block);
+  tables_.erase(it);
+}
+
+int64_t KvBlockManager::BlocksNeeded(SequenceId sequence, int64_t num_tokens) const {
+  const int64_t needed = (num_tokens + block_size_ - 1) / block_size_;
+  return std::max<int64_t>(0, needed - static_cast<int64_t>(block_table(sequence).size()));
+}
+
+bool KvBlockManager::Contains(SequenceId sequence) const {
+  return tables_.count(sequence) != 0;
+}
+
+int64_t KvBlockManager::capacity(SequenceId sequence) const {
+  return static_cast<int64_t>(block_table(sequence).size()) * block_size_;
+}
+
+const std::vector<int32_t>& KvBlockManager::block_table(SequenceId sequence) const {
+  auto it = tables_.find(sequence);
+  LS_CHECK(it != tables_.end()) << "unknown sequence " << sequence;
+  return it->second;
+}
+
+}  // namespace litestage

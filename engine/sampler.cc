@@ -1,0 +1,87 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "engine/cpu/softmax.h"
+
+namespace litestage {
+
+absl::Status ValidateSamplingParams(const SamplingParams& params) {
+  if (!(params.temperature >= 0.0f) || !std::isfinite(params.temperature)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature must be a finite number >= 0, got ", params.temperature));
+  }
+  if (params.top_k < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_k must be >= 0 (0 disables it), got ", params.top_k));
+  }
+  if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_p must be in (0, 1], got ", params.top_p));
+  }
+  return absl::OkStatus();
+}
+
+Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+
+int32_t Sampler::Sample(float* logits, int64_t vocab_size, TokenConfidence* confidence) {
+  const cpu::LogitStats stats = cpu::ComputeLogitStats(logits, vocab_size);
+  if (confidence != nullptr) {
+    *confidence = {stats.max_prob, stats.max_logit, stats.entropy};
+  }
+  if (params_.greedy()) return stats.argmax;
+
+  // Candidates in descending logit order, cut to top_k when set. Sorting the
+  // whole vocabulary is only needed for top-p without top-k.
+  candidates_.resize(vocab_size);
+  std::iota(candidates_.begin(), candidates_.end(), 0);
+  const auto by_logit = [logits](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  int64_t count = vocab_size;
+  if (params_.top_k > 0 && params_.top_k < vocab_size) {
+    count = params_.top_k;
+    std::partial_sort(candidates_.begin(), candidates_.begin() + count,
+                      candidates_.end(), by_logit);
+  } else if (params_.top_p < 1.0f) {
+    std::sort(candidates_.begin(), candidates_.end(), by_logit);
+  }
+
+  // Softmax over the candidates at the given temperature.
+  const float inv_temperature = 1.0f / params_.temperature;
+  const float max_logit = stats.max_logit;
+  std::vector<double> weights(count);
+  double total = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    weights[i] = std::exp(static_cast<double>(logits[candidates_[i]] - max_logit) *
+                          inv_temperature);
+    total += weights[i];
+  }
+  // Nucleus: keep the smallest prefix whose probability reaches top_p (the
+  // candidates are sorted whenever top_p < 1).
+  if (params_.top_p < 1.0f) {
+    double cumulative = 0;
+    int64_t keep = count;
+    for (int64_t i = 0; i < count; ++i) {
+      cumulative += weights[i] / total;
+      if (cumulative >= params_.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+    count = keep;
+    total = std::accumulate(weights.begin(), weights.begin() + count, 0.0);
+  }
+  std::uniform_real_distribution<double> uniform(0.0, total);
+  double target = uniform(rng_);
+  for (int64_t i = 0; i < count; ++i) {
+    target -= weights[i];
+    if (target < 0) return candidates_[i];
+  }
+  return candidates_[count - 1];
+}
+
+}  // namespace litestage

@@ -1,0 +1,52 @@
+// Token selection from logits (greedy, temperature, top-k, top-p, seeded) and
+// the per-token confidence signals LiteStage's early exit reads.
+#ifndef LITESTAGE_ENGINE_SAMPLER_H_
+#define LITESTAGE_ENGINE_SAMPLER_H_
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace litestage {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0: greedy (argmax).
+  int32_t top_k = 0;         // 0: no limit.
+  float top_p = 1.0f;        // 1: no nucleus cut.
+  uint64_t seed = 0;
+
+  bool greedy() const { return temperature <= 0.0f; }
+};
+
+// InvalidArgument naming the field for negative temperature, top_k < 0,
+// top_p outside (0, 1].
+absl::Status ValidateSamplingParams(const SamplingParams& params);
+
+// Confidence of one generated token, from the raw logits (before
+// temperature): all three come from one pass over the vocabulary.
+struct TokenConfidence {
+  float max_prob = 0;   // max softmax probability
+  float max_logit = 0;  // max raw logit
+  float entropy = 0;    // softmax entropy in nats
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+
+  // Picks a token from `logits` ([vocab] f32; may be modified) and reports
+  // its confidence.
+  int32_t Sample(float* logits, int64_t vocab_size, TokenConfidence* confidence);
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+  std::vector<int32_t> candidates_;  // Scratch: [vocab] ids sorted by logit.
+};
+
+}  // namespace litestage
+
+#endif  // LITESTAGE_ENGINE_SAMPLER_H_

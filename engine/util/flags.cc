@@ -1,0 +1,33 @@
+#include "engine/util/flags.h"
+
+#include "absl/flags/parse.h"
+
+namespace litestage {
+
+std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size(); ++i) {
+    std::string& arg = args[i];
+    if (arg == "--") break;
+    if (arg.size() < 3 || arg[0] != '-') continue;
+    const size_t name_begin = arg[1] == '-' ? 2 : 1;
+    const size_t name_end = arg.find('=');
+    for (size_t j = name_begin; j < std::min(name_end, arg.size()); ++j) {
+      if (arg[j] == '-') arg[j] = '_';
+    }
+  }
+  return args;
+}
+
+std::vector<char*> ParseFlagsAllowingDashes(int argc, char** argv) {
+  // absl keeps pointers into argv for positional arguments, so the
+  // normalised strings must outlive the call: they live for the process.
+  static std::vector<std::string>* normalized = new std::vector<std::string>();
+  *normalized = NormalizeFlagNames(argc, argv);
+  static std::vector<char*>* pointers = new std::vector<char*>();
+  pointers->clear();
+  for (std::string& arg : *normalized) pointers->push_back(arg.data());
+  return absl::ParseCommandLine(static_cast<int>(pointers->size()), pointers->data());
+}
+
+}  // namespace litestage

@@ -1,0 +1,327 @@
+// Engine and CPU backend behaviour on the synthetic `tiny` preset: batching,
+// prefill chunking, KV cache accounting, sub-layer skipping, observation and
+// stop conditions. Numerical agreement with transformers is in tests/golden.
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "engine/util/float16.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace litestage {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::unique_ptr<Engine> MakeTinyEngine(int64_t kv_cache_tokens = 4096,
+                                       DType dtype = DType::kF32) {
+  EngineOptions options;
+  options.model = "synthetic:tiny";
+  options.matrix_dtype = dtype;
+  options.backend.num_threads = 2;
+  options.backend.kv_cache_tokens = kv_cache_tokens;
+  auto engine = Engine::Create(options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? *std::move(engine) : nullptr;
+}
+
+std::vector<int32_t> Tokens(int64_t n, int32_t seed) {
+  std::vector<int32_t> tokens(n);
+  for (int64_t i = 0; i < n; ++i) tokens[i] = static_cast<int32_t>((seed * 131 + i * 17) % 500);
+  return tokens;
+}
+
+int32_t Argmax(const float* row, int64_t n) {
+  return static_cast<int32_t>(std::max_element(row, row + n) - row);
+}
+
+float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
+  return worst;
+}
+
+GenerationRequest Greedy(std::vector<int32_t> prompt, int64_t max_new_tokens) {
+  GenerationRequest request;
+  request.prompt_tokens = std::move(prompt);
+  request.max_new_tokens = max_new_tokens;
+  request.ignore_eos = true;
+  return request;
+}
+
+TEST(EngineTest, SyntheticModelIsLabelled) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  EXPECT_TRUE(engine->weights().synthetic);
+  EXPECT_THAT(engine->Describe(), HasSubstr("SYNTHETIC"));
+}
+
+TEST(EngineTest, BatchedGenerationEqualsOneAtATime) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  std::vector<GenerationRequest> requests = {Greedy(Tokens(5, 1), 12), Greedy(Tokens(23, 2), 7),
+                                             Greedy(Tokens(1, 3), 16)};
+  auto batched = engine->GenerateBatch(requests);
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto single = engine->Generate(requests[i]);
+    ASSERT_TRUE(single.ok()) << single.status();
+    EXPECT_EQ((*batched)[i].tokens, single->tokens) << "request " << i;
+    EXPECT_EQ(static_cast<int64_t>(single->tokens.size()), requests[i].max_new_tokens);
+    EXPECT_EQ(single->finish_reason, FinishReason::kLength);
+  }
+  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+  EXPECT_EQ(engine->backend().kv_blocks().free_blocks(),
+            engine->backend().kv_blocks().num_blocks());
+}
+
+// Decoding token by token through the KV cache must give the logits a single
+// prefill over the whole sequence gives (different code paths: one row at a
+// time versus 600 rows in two chunks).
+TEST(EngineTest, DecodeThroughCacheMatchesChunkedPrefill) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const int64_t vocab = engine->config().vocab_size;
+  const std::vector<int32_t> tokens = Tokens(Engine::kMaxPrefillChunk + 88, 4);
+  auto prefill = engine->PromptLogits(tokens);
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  ASSERT_EQ(prefill->size(), tokens.size() * vocab);
+
+  Backend& backend = engine->backend();
+  const SequenceId sequence = backend.kv_blocks().AddSequence();
+  float worst = 0;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    ForwardBatch batch;
+    batch.chunks.push_back(SequenceChunk{sequence, absl::MakeConstSpan(&tokens[t], 1),
+                                         static_cast<int64_t>(t), nullptr, LogitsMode::kLast});
+    ForwardResult result;
+    ASSERT_TRUE(backend.Forward(batch, &result).ok());
+    for (int64_t v = 0; v < vocab; ++v) {
+      worst = std::max(worst, std::fabs(result.logits[v] - (*prefill)[t * vocab + v]));
+    }
+  }
+  backend.kv_blocks().Release(sequence);
+  // Same fp32 math in a different blocking order: differences are rounding.
+  EXPECT_LT(worst, 1e-4f);
+}
+
+TEST(EngineTest, GreedyTokensAreArgmaxOfPromptLogits) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const int64_t vocab = engine->config().vocab_size;
+  std::vector<int32_t> prompt = Tokens(9, 5);
+  auto generated = engine->Generate(Greedy(prompt, 10));
+  ASSERT_TRUE(generated.ok());
+  std::vector<int32_t> all = prompt;
+  all.insert(all.end(), generated->tokens.begin(), generated->tokens.end() - 1);
+  auto logits = engine->PromptLogits(all);
+  ASSERT_TRUE(logits.ok());
+  for (size_t i = 0; i < generated->tokens.size(); ++i) {
+    const int64_t row = static_cast<int64_t>(prompt.size() + i) - 1;
+    EXPECT_EQ(Argmax(logits->data() + row * vocab, vocab), generated->tokens[i]) << i;
+  }
+}
+
+TEST(EngineTest, EmptySkipSetIsBitIdenticalToNoSkipping) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const int64_t layers = engine->config().num_hidden_layers;
+  const std::vector<int32_t> tokens = Tokens(12, 6);
+  auto plain = engine->PromptLogits(tokens);
+  SkipSet nothing;
+  nothing.attention.assign(layers, false);
+  nothing.mlp.assign(layers, false);
+  auto explicit_none = engine->PromptLogits(tokens, nothing);
+  ASSERT_TRUE(plain.ok() && explicit_none.ok());
+  EXPECT_EQ(*plain, *explicit_none);
+
+  SkipSet skip_attention;
+  skip_attention.attention = {true};
+  auto skipped = engine->PromptLogits(tokens, skip_attention);
+  ASSERT_TRUE(skipped.ok());
+  EXPECT_GT(MaxAbsDiff(*plain, *skipped), 1e-3f);
+}
+
+// With every sub-layer skipped the model is lm_head(norm(embedding)): an
+// independent reference computed here from the weights.
+TEST(EngineTest, SkippingEverySublayerLeavesEmbeddingThroughHead) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const ModelWeights& w = engine->weights();
+  const ModelConfig& c = w.config;
+  SkipSet all;
+  all.attention.assign(c.num_hidden_layers, true);
+  all.mlp.assign(c.num_hidden_layers, true);
+  const std::vector<int32_t> tokens = {3, 141, 59};
+  auto logits = engine->PromptLogits(tokens, all);
+  ASSERT_TRUE(logits.ok());
+  ASSERT_EQ(w.embed_tokens.dtype, DType::kF32);
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const float* x = w.embed_tokens.f32() + tokens[t] * c.hidden_size;
+    double sum_sq = 0;
+    for (int64_t i = 0; i < c.hidden_size; ++i) sum_sq += double(x[i]) * x[i];
+    const double inv_rms = 1.0 / std::sqrt(sum_sq / c.hidden_size + c.rms_norm_eps);
+    for (int64_t v = 0; v < c.vocab_size; ++v) {
+      const float* head = w.lm_head.f32() + v * c.hidden_size;
+      double expected = 0;
+      for (int64_t i = 0; i < c.hidden_size; ++i) {
+        expected += x[i] * inv_rms * w.norm.f32()[i] * head[i];
+      }
+      ASSERT_NEAR((*logits)[t * c.vocab_size + v], expected, 1e-4) << t << "," << v;
+    }
+  }
+}
+
+class CountingObserver : public SublayerObserver {
+ public:
+  void Observe(int64_t chunk_index, int64_t layer, SublayerKind kind, const float* input,
+               const float* output, int64_t num_tokens, int64_t hidden_size) override {
+    calls.push_back({chunk_index, layer, kind, num_tokens});
+    // A residual sub-layer changes its input.
+    double diff = 0;
+    for (int64_t i = 0; i < num_tokens * hidden_size; ++i) diff += std::fabs(output[i] - input[i]);
+    if (diff == 0) unchanged++;
+  }
+  struct Call {
+    int64_t chunk, layer;
+    SublayerKind kind;
+    int64_t tokens;
+  };
+  std::vector<Call> calls;
+  int unchanged = 0;
+};
+
+TEST(EngineTest, ObserverSeesEveryExecutedSublayerOfEveryChunk) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const int64_t layers = engine->config().num_hidden_layers;
+  Backend& backend = engine->backend();
+  SkipSet skip;
+  skip.attention.assign(layers, false);
+  skip.attention[layers - 1] = true;
+  const SequenceId a = backend.kv_blocks().AddSequence();
+  const SequenceId b = backend.kv_blocks().AddSequence();
+  const std::vector<int32_t> ta = Tokens(4, 1), tb = Tokens(6, 2);
+  CountingObserver observer;
+  ForwardBatch batch;
+  batch.chunks = {SequenceChunk{a, ta, 0, nullptr, LogitsMode::kLast},
+                  SequenceChunk{b, tb, 0, &skip, LogitsMode::kAll}};
+  batch.observer = &observer;
+  ForwardResult result;
+  ASSERT_TRUE(backend.Forward(batch, &result).ok());
+  // Chunk a: 2 sub-layers per layer; chunk b: one attention fewer.
+  EXPECT_EQ(static_cast<int64_t>(observer.calls.size()), 2 * layers + 2 * layers - 1);
+  for (const auto& call : observer.calls) {
+    EXPECT_EQ(call.tokens, call.chunk == 0 ? 4 : 6);
+    EXPECT_FALSE(call.chunk == 1 && call.layer == layers - 1 &&
+                 call.kind == SublayerKind::kAttention);
+  }
+  EXPECT_EQ(observer.unchanged, 0);
+  EXPECT_EQ(result.first_logit_row, (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(static_cast<int64_t>(result.logits.size()), 7 * engine->config().vocab_size);
+  backend.kv_blocks().Release(a);
+  backend.kv_blocks().Release(b);
+}
+
+TEST(EngineTest, FullCacheIsAnErrorAndLeaksNothing) {
+  auto engine = MakeTinyEngine(/*kv_cache_tokens=*/32);
+  ASSERT_NE(engine, nullptr);
+  auto result = engine->Generate(Greedy(Tokens(40, 1), 4));
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("KV cache full"));
+  const KvBlockManager& blocks = engine->backend().kv_blocks();
+  EXPECT_EQ(blocks.free_blocks(), blocks.num_blocks());
+  EXPECT_EQ(blocks.num_sequences(), 0);
+  // The cache still works afterwards.
+  EXPECT_TRUE(engine->Generate(Greedy(Tokens(8, 1), 4)).ok());
+}
+
+TEST(EngineTest, InvalidRequestsNameTheProblem) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  auto empty = engine->Generate(Greedy({}, 4));
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(empty.status().message()), HasSubstr("prompt_tokens"));
+  auto bad_id = engine->Generate(Greedy({1, 99999}, 4));
+  EXPECT_EQ(bad_id.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad_id.status().message()), HasSubstr("99999"));
+  auto too_long = engine->Generate(Greedy(Tokens(engine->config().max_position_embeddings, 1), 4));
+  EXPECT_EQ(too_long.status().code(), absl::StatusCode::kOutOfRange);
+  GenerationRequest bad_sampling = Greedy({1, 2}, 4);
+  bad_sampling.sampling.top_p = 2;
+  EXPECT_THAT(std::string(engine->Generate(bad_sampling).status().message()),
+              HasSubstr("top_p"));
+}
+
+TEST(EngineTest, StopStringCutsTextAndStreamingMatchesResult) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  GenerationRequest request = Greedy(Tokens(3, 9), 40);
+  auto reference = engine->Generate(request);
+  ASSERT_TRUE(reference.ok());
+  ASSERT_GE(reference->text.size(), 12u);
+  // Pick a stop string from the middle of the reference text on character
+  // boundaries (synthetic bytes may form multi-byte characters).
+  size_t begin = reference->text.size() / 2;
+  while (begin > 0 && (reference->text[begin] & 0xC0) == 0x80) --begin;
+  size_t end = begin + 1;
+  while (end < reference->text.size() && (reference->text[end] & 0xC0) == 0x80) ++end;
+  const std::string stop = reference->text.substr(begin, end - begin);
+  request.stop_strings = {stop};
+  std::string streamed;
+  auto stopped = engine->Generate(request, [&](size_t index, const std::string& piece) {
+    EXPECT_EQ(index, 0u);
+    streamed += piece;
+  });
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_EQ(stopped->finish_reason, FinishReason::kStopString);
+  const size_t first = reference->text.find(stop);
+  EXPECT_EQ(stopped->text, reference->text.substr(0, first));
+  EXPECT_EQ(streamed, stopped->text);
+}
+
+TEST(EngineTest, EosEndsGenerationUnlessIgnored) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  GenerationRequest request = Greedy(Tokens(4, 2), 8);
+  auto free_run = engine->Generate(request);
+  ASSERT_TRUE(free_run.ok());
+  // Declare the 3rd generated token an EOS: generation must stop before it.
+  const int32_t eos = free_run->tokens[2];
+  const_cast<Tokenizer&>(engine->tokenizer()).set_eos_ids({eos});
+  request.ignore_eos = false;
+  auto stopped = engine->Generate(request);
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_EQ(stopped->finish_reason, FinishReason::kEos);
+  const size_t first_eos =
+      std::find(free_run->tokens.begin(), free_run->tokens.end(), eos) - free_run->tokens.begin();
+  EXPECT_EQ(stopped->tokens,
+            std::vector<int32_t>(free_run->tokens.begin(), free_run->tokens.begin() + first_eos));
+}
+
+TEST(EngineTest, Bf16WeightsStayCloseToF32) {
+  auto f32 = MakeTinyEngine(4096, DType::kF32);
+  auto bf16 = MakeTinyEngine(4096, DType::kBF16);
+  ASSERT_NE(f32, nullptr);
+  ASSERT_NE(bf16, nullptr);
+  EXPECT_EQ(bf16->weights().matrix_dtype, DType::kBF16);
+  const std::vector<int32_t> tokens = Tokens(16, 3);
+  auto a = f32->PromptLogits(tokens);
+  auto b = bf16->PromptLogits(tokens);
+  ASSERT_TRUE(a.ok() && b.ok());
+  // bf16 keeps 8 mantissa bits (relative rounding 2^-9 per weight); through a
+  // 2-layer model the logits move by a few 1e-3 of their scale, never more
+  // than 5e-2 absolute for this preset's O(1) logits.
+  const float diff = MaxAbsDiff(*a, *b);
+  EXPECT_GT(diff, 0.0f);
+  EXPECT_LT(diff, 5e-2f);
+}
+
+}  // namespace
+}  // namespace litestage
