@@ -44,7 +44,7 @@ import sys
 import time
 
 # Bump when the recipe below changes so cached directories are rebuilt.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 SEED = 1234
 
 # The real shapes of the two presets (from their config.json on the Hub).
@@ -132,8 +132,11 @@ def write_hub_style_config(path):
         f.write("\n")
 
 
-def write_byte_tokenizer(path):
-    """A GPT-2 style byte-level BPE tokenizer with the 256 byte tokens only.
+def write_byte_tokenizer(path, special_ids):
+    """A GPT-2 style byte-level BPE tokenizer with the 256 byte tokens, plus
+    "<|endoftext|>" as an added special token at each id of `special_ids`
+    beyond them (the model's BOS/EOS, e.g. 151643 for Qwen2.5, where the real
+    tokenizer has it).
 
     The weights are random, so any vocabulary is as good as any other; this
     one lets the directory load through the engine's ordinary tokenizer path.
@@ -156,7 +159,16 @@ def write_byte_tokenizer(path):
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.save(os.path.join(path, "tokenizer.json"))
+    tokenizer_path = os.path.join(path, "tokenizer.json")
+    tokenizer.save(tokenizer_path)
+    with open(tokenizer_path) as f:
+        document = json.load(f)
+    for special_id in sorted({i for i in special_ids if i >= 256}):
+        document["added_tokens"].append({
+            "id": special_id, "content": "<|endoftext|>", "single_word": False,
+            "lstrip": False, "rstrip": False, "normalized": False, "special": True})
+    with open(tokenizer_path, "w") as f:
+        json.dump(document, f, ensure_ascii=False, indent=2)
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast",
                    "add_bos_token": False, "model_max_length": 32768}, f, indent=2)
@@ -191,7 +203,7 @@ def prepare(args):
                 model = model.to(torch.bfloat16)
             model.save_pretrained(path, safe_serialization=True)
             write_hub_style_config(path)
-            write_byte_tokenizer(path)
+            write_byte_tokenizer(path, [shapes["bos_token_id"], shapes["eos_token_id"]])
             with open(marker_path, "w") as f:
                 json.dump(marker(preset, dtype), f, indent=2)
             print(f"[hf_peer] wrote {path}", file=sys.stderr)

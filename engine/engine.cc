@@ -47,7 +47,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
     if (chat.ok()) {
       engine->chat_template_ = *std::move(chat);
     } else if (!absl::IsNotFound(chat.status())) {
-      return chat.status();
+      // A template we cannot render only disables --chat; raw prompts work.
+      LS_LOG(WARNING) << "chat formatting unavailable: " << chat.status();
     }
   }
   Tokenizer& tokenizer = *engine->tokenizer_;
