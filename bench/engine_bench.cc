@@ -313,21 +313,23 @@ void PrintTable(const nlohmann::json& report) {
               "tok/s", "tok/s", "tok/s", "GB/s (b1)", "tok/s", "");
   for (const nlohmann::json& entry : report["results"]) {
     const nlohmann::json& decode = entry["decode"];
+    // Batches other than 1 and 8 are in the JSON only; "-" when not run.
     const auto rate = [&](const char* batch) {
       return decode.contains(batch)
-                 ? decode[batch]["tokens_per_s"].get<double>()
-                 : 0.0;
+                 ? absl::StrFormat("%.2f",
+                                   decode[batch]["tokens_per_s"].get<double>())
+                 : std::string("-");
     };
     const double achieved =
         decode.contains("1")
             ? decode["1"]["achieved_bandwidth_bytes_per_s"].get<double>()
             : 0.0;
-    std::printf("%-14s %-5s %9.1f %10.1f %9.2f %9.2f %11.2f %9.2f %7.0f%%\n",
+    std::printf("%-14s %-5s %9.1f %10.1f %9s %9s %11.2f %9.2f %7.0f%%\n",
                 entry["preset"].get<std::string>().c_str(),
                 entry["dtype"].get<std::string>().c_str(),
                 entry["weight_bytes"].get<double>() / 1e6,
-                entry["prefill_tokens_per_s"].get<double>(), rate("1"),
-                rate("8"), achieved / gb,
+                entry["prefill_tokens_per_s"].get<double>(), rate("1").c_str(),
+                rate("8").c_str(), achieved / gb,
                 entry["floor_tokens_per_s"].get<double>(),
                 100.0 * entry.value("fraction_of_floor", 0.0));
   }

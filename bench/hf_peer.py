@@ -140,6 +140,8 @@ def write_byte_tokenizer(path, special_ids):
 
     The weights are random, so any vocabulary is as good as any other; this
     one lets the directory load through the engine's ordinary tokenizer path.
+    (The `tokenizers` library renumbers an added token past a gap to the next
+    free id; neither peer tokenizes text here, both take the same token ids.)
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     byte_chars = pre_tokenizers.ByteLevel.alphabet()

@@ -89,13 +89,14 @@ struct BackendOptions {
 class Backend {
  public:
   virtual ~Backend() = default;
-  virtual std::string name() const = 0;  // "cpu", "cuda".
+  virtual std::string name() const = 0;         // "cpu", "cuda".
   virtual std::string description() const = 0;  // ISA, threads, device.
 
   // Runs one step over every chunk of `batch`: writes their K/V into the
   // cache and returns the requested logits. Reserves cache blocks first; on
   // ResourceExhausted no sequence is changed.
-  virtual absl::Status Forward(const ForwardBatch& batch, ForwardResult* result) = 0;
+  virtual absl::Status Forward(const ForwardBatch& batch,
+                               ForwardResult* result) = 0;
 
   KvBlockManager& kv_blocks() { return *kv_blocks_; }
   const KvBlockManager& kv_blocks() const { return *kv_blocks_; }
@@ -106,9 +107,9 @@ class Backend {
 
 // Creates the backend for `device` ("cpu"; "cuda" once built) over weights
 // that must outlive it.
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device,
-                                                       const ModelWeights& weights,
-                                                       const BackendOptions& options);
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
+    const std::string& device, const ModelWeights& weights,
+    const BackendOptions& options);
 
 }  // namespace litestage
 

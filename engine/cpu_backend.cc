@@ -30,8 +30,10 @@ std::vector<float> RopeInverseFrequencies(const ModelConfig& config) {
   const int64_t half = config.head_dim / 2;
   std::vector<float> inv_freq(half);
   for (int64_t i = 0; i < half; ++i) {
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(config.head_dim);
-    inv_freq[i] = 1.0f / std::pow(static_cast<float>(config.rope_theta), exponent);
+    const float exponent =
+        static_cast<float>(2 * i) / static_cast<float>(config.head_dim);
+    inv_freq[i] =
+        1.0f / std::pow(static_cast<float>(config.rope_theta), exponent);
   }
   const RopeScaling& scaling = config.rope_scaling;
   switch (scaling.type) {
@@ -43,7 +45,8 @@ std::vector<float> RopeInverseFrequencies(const ModelConfig& config) {
     case RopeScaling::Type::kLlama3: {
       // Llama 3.1: long wavelengths are divided by `factor`, short ones kept,
       // the band between interpolated smoothly.
-      const double old_context = static_cast<double>(scaling.original_max_position_embeddings);
+      const double old_context =
+          static_cast<double>(scaling.original_max_position_embeddings);
       const double low_freq_wavelen = old_context / scaling.low_freq_factor;
       const double high_freq_wavelen = old_context / scaling.high_freq_factor;
       for (float& f : inv_freq) {
@@ -51,9 +54,11 @@ std::vector<float> RopeInverseFrequencies(const ModelConfig& config) {
         if (wavelen > low_freq_wavelen) {
           f = static_cast<float>(f / scaling.factor);
         } else if (wavelen >= high_freq_wavelen) {
-          const double smooth = (old_context / wavelen - scaling.low_freq_factor) /
-                                (scaling.high_freq_factor - scaling.low_freq_factor);
-          f = static_cast<float>((1.0 - smooth) * f / scaling.factor + smooth * f);
+          const double smooth =
+              (old_context / wavelen - scaling.low_freq_factor) /
+              (scaling.high_freq_factor - scaling.low_freq_factor);
+          f = static_cast<float>((1.0 - smooth) * f / scaling.factor +
+                                 smooth * f);
         }
       }
       break;
@@ -79,7 +84,8 @@ void ApplyRope(float* heads /*[num_heads, head_dim]*/, int64_t num_heads,
   }
 }
 
-void AddBias(float* rows /*[n, dim]*/, int64_t n, const Tensor& bias /*[dim] f32*/) {
+void AddBias(float* rows /*[n, dim]*/, int64_t n,
+             const Tensor& bias /*[dim] f32*/) {
   if (bias.empty()) return;
   const int64_t dim = bias.numel();
   for (int64_t r = 0; r < n; ++r) {
@@ -87,14 +93,17 @@ void AddBias(float* rows /*[n, dim]*/, int64_t n, const Tensor& bias /*[dim] f32
   }
 }
 
-void CopyEmbedding(const Tensor& table /*[V, H]*/, int32_t token, float* out /*[H]*/) {
+void CopyEmbedding(const Tensor& table /*[V, H]*/, int32_t token,
+                   float* out /*[H]*/) {
   const int64_t hidden = table.cols();
   if (table.dtype == DType::kF32) {
     std::memcpy(out, table.f32() + token * hidden, hidden * sizeof(float));
     return;
   }
-  LS_CHECK(table.dtype == DType::kBF16) << "embedding dtype " << DTypeName(table.dtype);
-  const uint16_t* row = static_cast<const uint16_t*>(table.data) + token * hidden;
+  LS_CHECK(table.dtype == DType::kBF16)
+      << "embedding dtype " << DTypeName(table.dtype);
+  const uint16_t* row =
+      static_cast<const uint16_t*>(table.data) + token * hidden;
   for (int64_t i = 0; i < hidden; ++i) out[i] = Bf16ToF32(row[i]);
 }
 
@@ -106,11 +115,13 @@ class CpuBackend final : public Backend {
         pool_(options.num_threads),
         inv_freq_(RopeInverseFrequencies(config_)),
         block_size_(options.kv_block_size) {
-    const int64_t num_blocks = (options.kv_cache_tokens + block_size_ - 1) / block_size_;
+    const int64_t num_blocks =
+        (options.kv_cache_tokens + block_size_ - 1) / block_size_;
     kv_blocks_ = std::make_unique<KvBlockManager>(num_blocks, block_size_);
     // Left uninitialised on purpose: pages are touched only when a sequence
     // first writes them, so a large capacity costs nothing until used.
-    block_floats_ = config_.num_hidden_layers * 2 * config_.kv_dim() * block_size_;
+    block_floats_ =
+        config_.num_hidden_layers * 2 * config_.kv_dim() * block_size_;
     kv_storage_.reset(new float[num_blocks * block_floats_]);
   }
 
@@ -120,30 +131,34 @@ class CpuBackend final : public Backend {
                         pool_.num_threads(), " threads)");
   }
 
-  absl::Status Forward(const ForwardBatch& batch, ForwardResult* result) override;
+  absl::Status Forward(const ForwardBatch& batch,
+                       ForwardResult* result) override;
 
  private:
   // K (kv = 0) or V (kv = 1) of `kv_head` at `layer` in cache block `block`:
   // [block_size, head_dim] f32.
   float* KvBlock(int32_t block, int64_t layer, int kv, int64_t kv_head) {
     return kv_storage_.get() + block * block_floats_ +
-           ((layer * 2 + kv) * config_.num_key_value_heads + kv_head) * block_size_ *
-               config_.head_dim;
+           ((layer * 2 + kv) * config_.num_key_value_heads + kv_head) *
+               block_size_ * config_.head_dim;
   }
 
   absl::Status ValidateAndReserve(const ForwardBatch& batch);
-  void Attention(int64_t layer, const LayerWeights& w, const std::vector<int64_t>& rows);
+  void Attention(int64_t layer, const LayerWeights& w,
+                 const std::vector<int64_t>& rows);
   void Mlp(const LayerWeights& w, const std::vector<int64_t>& rows);
   void Observe(SublayerObserver* observer, int64_t layer, SublayerKind kind,
                const std::vector<int64_t>& rows);
-  void GatherRows(const std::vector<int64_t>& rows, float* out /*[rows, H]*/) const;
+  void GatherRows(const std::vector<int64_t>& rows,
+                  float* out /*[rows, H]*/) const;
 
   const ModelWeights& weights_;
   const ModelConfig& config_;
   cpu::ThreadPool pool_;
   const std::vector<float> inv_freq_;  // [head_dim / 2]
   const int64_t block_size_;
-  int64_t block_floats_ = 0;  // floats per cache block: [layers, 2, KV heads, block, D]
+  int64_t block_floats_ =
+      0;  // floats per cache block: [layers, 2, KV heads, block, D]
   std::unique_ptr<float[]> kv_storage_;  // [num_blocks, block_floats_] f32
 
   // Per-step token metadata and activations (T = tokens in the step, R = rows
@@ -169,44 +184,51 @@ absl::Status CpuBackend::ValidateAndReserve(const ForwardBatch& batch) {
           absl::StrCat("chunk ", c, ": unknown sequence ", chunk.sequence));
     }
     if (chunk.tokens.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("chunk ", c, ": no tokens"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", c, ": no tokens"));
     }
     for (int32_t token : chunk.tokens) {
       if (token < 0 || token >= config_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "chunk ", c, ": token id ", token, " outside vocabulary [0, ",
-            config_.vocab_size, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("chunk ", c, ": token id ", token,
+                         " outside vocabulary [0, ", config_.vocab_size, ")"));
       }
     }
-    const int64_t end = chunk.start_position + static_cast<int64_t>(chunk.tokens.size());
-    if (chunk.start_position < 0 || chunk.start_position > kv_blocks_->capacity(chunk.sequence)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk ", c, ": start position ", chunk.start_position,
-          " leaves a gap in the sequence's cache"));
+    const int64_t end =
+        chunk.start_position + static_cast<int64_t>(chunk.tokens.size());
+    if (chunk.start_position < 0 ||
+        chunk.start_position > kv_blocks_->capacity(chunk.sequence)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", c, ": start position ", chunk.start_position,
+                       " leaves a gap in the sequence's cache"));
     }
     blocks_needed += kv_blocks_->BlocksNeeded(chunk.sequence, end);
   }
   if (blocks_needed > kv_blocks_->free_blocks()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "KV cache full: step needs ", blocks_needed, " blocks of ", block_size_,
-        " tokens, ", kv_blocks_->free_blocks(), " of ", kv_blocks_->num_blocks(), " free"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV cache full: step needs ", blocks_needed, " blocks of ",
+                     block_size_, " tokens, ", kv_blocks_->free_blocks(),
+                     " of ", kv_blocks_->num_blocks(), " free"));
   }
   for (const SequenceChunk& chunk : batch.chunks) {
     LS_RETURN_IF_ERROR(kv_blocks_->Reserve(
-        chunk.sequence, chunk.start_position + static_cast<int64_t>(chunk.tokens.size())));
+        chunk.sequence,
+        chunk.start_position + static_cast<int64_t>(chunk.tokens.size())));
   }
   return absl::OkStatus();
 }
 
-void CpuBackend::GatherRows(const std::vector<int64_t>& rows, float* out) const {
+void CpuBackend::GatherRows(const std::vector<int64_t>& rows,
+                            float* out) const {
   const int64_t hidden = config_.hidden_size;
   for (size_t i = 0; i < rows.size(); ++i) {
-    std::memcpy(out + i * hidden, residual_.data() + rows[i] * hidden, hidden * sizeof(float));
+    std::memcpy(out + i * hidden, residual_.data() + rows[i] * hidden,
+                hidden * sizeof(float));
   }
 }
 
-void CpuBackend::Observe(SublayerObserver* observer, int64_t layer, SublayerKind kind,
-                         const std::vector<int64_t>& rows) {
+void CpuBackend::Observe(SublayerObserver* observer, int64_t layer,
+                         SublayerKind kind, const std::vector<int64_t>& rows) {
   // Rows of one chunk are contiguous in `rows`, so each chunk gets one call.
   const int64_t hidden = config_.hidden_size;
   std::vector<float> output(rows.size() * hidden);
@@ -214,9 +236,12 @@ void CpuBackend::Observe(SublayerObserver* observer, int64_t layer, SublayerKind
   size_t begin = 0;
   while (begin < rows.size()) {
     size_t end = begin;
-    while (end < rows.size() && row_chunk_[rows[end]] == row_chunk_[rows[begin]]) ++end;
+    while (end < rows.size() &&
+           row_chunk_[rows[end]] == row_chunk_[rows[begin]])
+      ++end;
     observer->Observe(row_chunk_[rows[begin]], layer, kind,
-                      observed_input_.data() + begin * hidden, output.data() + begin * hidden,
+                      observed_input_.data() + begin * hidden,
+                      output.data() + begin * hidden,
                       static_cast<int64_t>(end - begin), hidden);
     begin = end;
   }
@@ -236,8 +261,8 @@ void CpuBackend::Attention(int64_t layer, const LayerWeights& w,
 
   normed_.resize(num_rows * hidden);
   for (int64_t i = 0; i < num_rows; ++i) {
-    cpu::RmsNorm(residual_.data() + rows[i] * hidden, w.input_layernorm.f32(), 1, hidden,
-                 eps, normed_.data() + i * hidden);
+    cpu::RmsNorm(residual_.data() + rows[i] * hidden, w.input_layernorm.f32(),
+                 1, hidden, eps, normed_.data() + i * hidden);
   }
   q_.resize(num_rows * q_dim);
   k_.resize(num_rows * kv_dim);
@@ -249,8 +274,10 @@ void CpuBackend::Attention(int64_t layer, const LayerWeights& w,
   AddBias(k_.data(), num_rows, w.k_bias);
   AddBias(v_.data(), num_rows, w.v_bias);
   if (config_.qk_norm) {  // Qwen3: RMSNorm over each head before RoPE.
-    cpu::RmsNorm(q_.data(), w.q_norm.f32(), num_rows * num_heads, head_dim, eps, q_.data());
-    cpu::RmsNorm(k_.data(), w.k_norm.f32(), num_rows * num_kv_heads, head_dim, eps, k_.data());
+    cpu::RmsNorm(q_.data(), w.q_norm.f32(), num_rows * num_heads, head_dim, eps,
+                 q_.data());
+    cpu::RmsNorm(k_.data(), w.k_norm.f32(), num_rows * num_kv_heads, head_dim,
+                 eps, k_.data());
   }
 
   // RoPE, then append this step's K/V to the cache so each token can attend
@@ -264,16 +291,21 @@ void CpuBackend::Attention(int64_t layer, const LayerWeights& w,
       cos[j] = std::cos(angle);
       sin[j] = std::sin(angle);
     }
-    ApplyRope(q_.data() + i * q_dim, num_heads, head_dim, cos.data(), sin.data());
-    ApplyRope(k_.data() + i * kv_dim, num_kv_heads, head_dim, cos.data(), sin.data());
+    ApplyRope(q_.data() + i * q_dim, num_heads, head_dim, cos.data(),
+              sin.data());
+    ApplyRope(k_.data() + i * kv_dim, num_kv_heads, head_dim, cos.data(),
+              sin.data());
     const SequenceChunk& chunk = batch_->chunks[row_chunk_[rows[i]]];
-    const int32_t block = kv_blocks_->block_table(chunk.sequence)[position / block_size_];
+    const int32_t block =
+        kv_blocks_->block_table(chunk.sequence)[position / block_size_];
     const int64_t slot = position % block_size_;
     for (int64_t h = 0; h < num_kv_heads; ++h) {
       std::memcpy(KvBlock(block, layer, 0, h) + slot * head_dim,
-                  k_.data() + i * kv_dim + h * head_dim, head_dim * sizeof(float));
+                  k_.data() + i * kv_dim + h * head_dim,
+                  head_dim * sizeof(float));
       std::memcpy(KvBlock(block, layer, 1, h) + slot * head_dim,
-                  v_.data() + i * kv_dim + h * head_dim, head_dim * sizeof(float));
+                  v_.data() + i * kv_dim + h * head_dim,
+                  head_dim * sizeof(float));
     }
   }
 
@@ -281,7 +313,7 @@ void CpuBackend::Attention(int64_t layer, const LayerWeights& w,
   attn_out_.resize(num_rows * q_dim);
   const int64_t heads_per_kv = num_heads / num_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  pool_.ParallelFor(num_rows * num_heads, [&](int64_t begin, int64_t end) {
+  const auto attend = [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     std::vector<const float*> key_blocks, value_blocks;
     for (int64_t item = begin; item < end; ++item) {
@@ -290,7 +322,8 @@ void CpuBackend::Attention(int64_t layer, const LayerWeights& w,
       const int64_t kv_head = head / heads_per_kv;
       const int64_t position = row_position_[rows[i]];
       const SequenceChunk& chunk = batch_->chunks[row_chunk_[rows[i]]];
-      const std::vector<int32_t>& table = kv_blocks_->block_table(chunk.sequence);
+      const std::vector<int32_t>& table =
+          kv_blocks_->block_table(chunk.sequence);
       const int64_t num_blocks = position / block_size_ + 1;
       key_blocks.resize(num_blocks);
       value_blocks.resize(num_blocks);
@@ -303,12 +336,23 @@ void CpuBackend::Attention(int64_t layer, const LayerWeights& w,
               ? std::max<int64_t>(0, position - config_.sliding_window + 1)
               : 0;
       scores.resize(position + 1);
-      cpu::AttentionHead(q_.data() + i * q_dim + head * head_dim, key_blocks.data(),
-                         value_blocks.data(), block_size_, window_begin, position + 1,
-                         head_dim, scale, scores.data(),
+      cpu::AttentionHead(q_.data() + i * q_dim + head * head_dim,
+                         key_blocks.data(), value_blocks.data(), block_size_,
+                         window_begin, position + 1, head_dim, scale,
+                         scores.data(),
                          attn_out_.data() + i * q_dim + head * head_dim);
     }
-  });
+  };
+  // Waking the pool costs microseconds; below ~64K multiply-adds (short
+  // contexts of small models) the calling thread alone is faster.
+  int64_t attended_positions = 0;
+  for (int64_t i = 0; i < num_rows; ++i)
+    attended_positions += row_position_[rows[i]] + 1;
+  if (attended_positions * num_heads * head_dim < (int64_t{1} << 16)) {
+    attend(0, num_rows * num_heads);
+  } else {
+    pool_.ParallelFor(num_rows * num_heads, attend);
+  }
 
   proj_out_.resize(num_rows * hidden);
   cpu::MatMul(attn_out_.data(), num_rows, w.o_proj, proj_out_.data(), pool_);
@@ -326,8 +370,9 @@ void CpuBackend::Mlp(const LayerWeights& w, const std::vector<int64_t>& rows) {
   const int64_t intermediate = config_.intermediate_size;
   normed_.resize(num_rows * hidden);
   for (int64_t i = 0; i < num_rows; ++i) {
-    cpu::RmsNorm(residual_.data() + rows[i] * hidden, w.post_attention_layernorm.f32(), 1,
-                 hidden, static_cast<float>(config_.rms_norm_eps),
+    cpu::RmsNorm(residual_.data() + rows[i] * hidden,
+                 w.post_attention_layernorm.f32(), 1, hidden,
+                 static_cast<float>(config_.rms_norm_eps),
                  normed_.data() + i * hidden);
   }
   gate_.resize(num_rows * intermediate);
@@ -344,7 +389,8 @@ void CpuBackend::Mlp(const LayerWeights& w, const std::vector<int64_t>& rows) {
   }
 }
 
-absl::Status CpuBackend::Forward(const ForwardBatch& batch, ForwardResult* result) {
+absl::Status CpuBackend::Forward(const ForwardBatch& batch,
+                                 ForwardResult* result) {
   LS_RETURN_IF_ERROR(ValidateAndReserve(batch));
   batch_ = &batch;
   const int64_t hidden = config_.hidden_size;
@@ -361,9 +407,11 @@ absl::Status CpuBackend::Forward(const ForwardBatch& batch, ForwardResult* resul
   }
   const int64_t num_tokens = static_cast<int64_t>(row_chunk_.size());
   residual_.resize(num_tokens * hidden);
-  for (int64_t r = 0, c = 0; c < static_cast<int64_t>(batch.chunks.size()); ++c) {
+  for (int64_t r = 0, c = 0; c < static_cast<int64_t>(batch.chunks.size());
+       ++c) {
     for (int32_t token : batch.chunks[c].tokens) {
-      CopyEmbedding(weights_.embed_tokens, token, residual_.data() + (r++) * hidden);
+      CopyEmbedding(weights_.embed_tokens, token,
+                    residual_.data() + (r++) * hidden);
     }
   }
 
@@ -374,9 +422,10 @@ absl::Status CpuBackend::Forward(const ForwardBatch& batch, ForwardResult* resul
     rows.clear();
     for (int64_t r = 0; r < num_tokens; ++r) {
       const SkipSet* skip = batch.chunks[row_chunk_[r]].skip;
-      const bool skipped = skip != nullptr && (kind == SublayerKind::kAttention
-                                                   ? skip->skips_attention(layer)
-                                                   : skip->skips_mlp(layer));
+      const bool skipped =
+          skip != nullptr &&
+          (kind == SublayerKind::kAttention ? skip->skips_attention(layer)
+                                            : skip->skips_mlp(layer));
       if (!skipped) rows.push_back(r);
     }
     return !rows.empty();
@@ -402,7 +451,8 @@ absl::Status CpuBackend::Forward(const ForwardBatch& batch, ForwardResult* resul
   // Final norm and LM head, only for the rows whose logits were asked for.
   rows.clear();
   result->first_logit_row.assign(batch.chunks.size(), 0);
-  for (int64_t r = 0, c = 0; c < static_cast<int64_t>(batch.chunks.size()); ++c) {
+  for (int64_t r = 0, c = 0; c < static_cast<int64_t>(batch.chunks.size());
+       ++c) {
     const SequenceChunk& chunk = batch.chunks[c];
     const int64_t n = static_cast<int64_t>(chunk.tokens.size());
     result->first_logit_row[c] = static_cast<int64_t>(rows.size());
@@ -416,13 +466,14 @@ absl::Status CpuBackend::Forward(const ForwardBatch& batch, ForwardResult* resul
   const int64_t num_logit_rows = static_cast<int64_t>(rows.size());
   normed_.resize(num_logit_rows * hidden);
   for (int64_t i = 0; i < num_logit_rows; ++i) {
-    cpu::RmsNorm(residual_.data() + rows[i] * hidden, weights_.norm.f32(), 1, hidden,
-                 static_cast<float>(config_.rms_norm_eps), normed_.data() + i * hidden);
+    cpu::RmsNorm(residual_.data() + rows[i] * hidden, weights_.norm.f32(), 1,
+                 hidden, static_cast<float>(config_.rms_norm_eps),
+                 normed_.data() + i * hidden);
   }
   result->logits.resize(num_logit_rows * config_.vocab_size);
   if (num_logit_rows > 0) {
-    cpu::MatMul(normed_.data(), num_logit_rows, weights_.lm_head, result->logits.data(),
-                pool_);
+    cpu::MatMul(normed_.data(), num_logit_rows, weights_.lm_head,
+                result->logits.data(), pool_);
   }
   batch_ = nullptr;
   return absl::OkStatus();
@@ -435,13 +486,13 @@ int64_t SkipSet::num_skipped() const {
          std::count(mlp.begin(), mlp.end(), true);
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device,
-                                                       const ModelWeights& weights,
-                                                       const BackendOptions& options) {
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
+    const std::string& device, const ModelWeights& weights,
+    const BackendOptions& options) {
   if (options.kv_cache_tokens <= 0 || options.kv_block_size <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "kv_cache_tokens and kv_block_size must be positive, got ", options.kv_cache_tokens,
-        " and ", options.kv_block_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_cache_tokens and kv_block_size must be positive, got ",
+                     options.kv_cache_tokens, " and ", options.kv_block_size));
   }
   if (options.num_threads < 0) {
     return absl::InvalidArgumentError(
@@ -450,7 +501,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device
   if (device == "cpu") return std::make_unique<CpuBackend>(weights, options);
   if (device == "cuda") {
     return absl::UnimplementedError(
-        "device 'cuda': the CUDA backend is not part of this build yet; use --device cpu");
+        "device 'cuda': the CUDA backend is not part of this build yet; use "
+        "--device cpu");
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown device '", device, "' (expected cpu or cuda)"));

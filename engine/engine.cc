@@ -27,23 +27,29 @@ const char* FinishReasonName(FinishReason reason) {
   return "?";
 }
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
+    const EngineOptions& options) {
   std::unique_ptr<Engine> engine(new Engine());
   if (absl::StartsWith(options.model, kSyntheticPrefix)) {
     const std::string preset(options.model.substr(kSyntheticPrefix.size()));
     LS_ASSIGN_OR_RETURN(engine->weights_,
-                        MakeSyntheticWeights(preset, options.matrix_dtype.value_or(DType::kBF16),
-                                             options.synthetic_seed));
+                        MakeSyntheticWeights(
+                            preset, options.matrix_dtype.value_or(DType::kBF16),
+                            options.synthetic_seed));
     // Random weights have no vocabulary: bytes stand in for tokens so text
     // still round-trips (the output is gibberish by construction).
-    engine->tokenizer_ = MakeByteTokenizer(static_cast<int32_t>(engine->config().vocab_size));
-    LS_LOG(WARNING) << "model " << options.model
-                    << " has SYNTHETIC random weights: output text is meaningless";
+    engine->tokenizer_ =
+        MakeByteTokenizer(static_cast<int32_t>(engine->config().vocab_size));
+    LS_LOG(WARNING)
+        << "model " << options.model
+        << " has SYNTHETIC random weights: output text is meaningless";
   } else {
-    LS_ASSIGN_OR_RETURN(engine->weights_,
-                        LoadModelWeights(options.model, LoadOptions{options.matrix_dtype}));
+    LS_ASSIGN_OR_RETURN(
+        engine->weights_,
+        LoadModelWeights(options.model, LoadOptions{options.matrix_dtype}));
     LS_ASSIGN_OR_RETURN(engine->tokenizer_, LoadTokenizer(options.model));
-    absl::StatusOr<ChatTemplate> chat = ChatTemplate::FromModelDir(options.model);
+    absl::StatusOr<ChatTemplate> chat =
+        ChatTemplate::FromModelDir(options.model);
     if (chat.ok()) {
       engine->chat_template_ = *std::move(chat);
     } else if (!absl::IsNotFound(chat.status())) {
@@ -65,48 +71,58 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
         options.model, ": tokenizer has ", tokenizer.vocab_size(),
         " tokens but the model's vocab_size is ", engine->config().vocab_size));
   }
-  LS_ASSIGN_OR_RETURN(engine->backend_,
-                      CreateBackend(options.device, *engine->weights_, options.backend));
-  LS_LOG(INFO) << "loaded " << engine->Describe() << " on " << engine->backend_->description();
+  LS_ASSIGN_OR_RETURN(
+      engine->backend_,
+      CreateBackend(options.device, *engine->weights_, options.backend));
+  LS_LOG(INFO) << "loaded " << engine->Describe() << " on "
+               << engine->backend_->description();
   return engine;
 }
 
 std::string Engine::Describe() const {
   const ModelConfig& c = config();
-  return absl::StrCat(weights_->source, weights_->synthetic ? " [SYNTHETIC weights]" : "", " (",
-                      c.architecture, ", ", c.num_hidden_layers, " layers, hidden ",
-                      c.hidden_size, ", ", DTypeName(weights_->matrix_dtype), ")");
+  return absl::StrCat(
+      weights_->source, weights_->synthetic ? " [SYNTHETIC weights]" : "", " (",
+      c.architecture, ", ", c.num_hidden_layers, " layers, hidden ",
+      c.hidden_size, ", ", DTypeName(weights_->matrix_dtype), ")");
 }
 
-absl::StatusOr<std::vector<int32_t>> Engine::EncodePrompt(absl::string_view text) const {
+absl::StatusOr<std::vector<int32_t>> Engine::EncodePrompt(
+    absl::string_view text) const {
   return tokenizer_->Encode(text, /*add_special_tokens=*/true);
 }
 
-absl::StatusOr<std::vector<int32_t>> Engine::EncodeChat(absl::string_view user_message) const {
+absl::StatusOr<std::vector<int32_t>> Engine::EncodeChat(
+    absl::string_view user_message) const {
   if (!chat_template_) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(weights_->source, " has no chat template; use a raw prompt"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        weights_->source, " has no chat template; use a raw prompt"));
   }
   const ChatMessage message{"user", std::string(user_message)};
-  const std::string prompt = chat_template_->Render({&message, 1}, /*add_generation_prompt=*/true);
+  const std::string prompt =
+      chat_template_->Render({&message, 1}, /*add_generation_prompt=*/true);
   // The template writes every special token (BOS included) itself.
   return tokenizer_->Encode(prompt, /*add_special_tokens=*/false);
 }
 
-absl::StatusOr<std::vector<float>> Engine::PromptLogits(absl::Span<const int32_t> tokens,
-                                                        const SkipSet& skip) {
-  if (tokens.empty()) return absl::InvalidArgumentError("PromptLogits: no tokens");
+absl::StatusOr<std::vector<float>> Engine::PromptLogits(
+    absl::Span<const int32_t> tokens, const SkipSet& skip) {
+  if (tokens.empty())
+    return absl::InvalidArgumentError("PromptLogits: no tokens");
   KvBlockManager& blocks = backend_->kv_blocks();
   const SequenceId sequence = blocks.AddSequence();
   const int64_t vocab = config().vocab_size;
   std::vector<float> logits;
   logits.reserve(tokens.size() * vocab);
   absl::Status status;
-  for (size_t begin = 0; begin < tokens.size() && status.ok(); begin += kMaxPrefillChunk) {
-    const size_t count = std::min<size_t>(kMaxPrefillChunk, tokens.size() - begin);
+  for (size_t begin = 0; begin < tokens.size() && status.ok();
+       begin += kMaxPrefillChunk) {
+    const size_t count =
+        std::min<size_t>(kMaxPrefillChunk, tokens.size() - begin);
     ForwardBatch batch;
     batch.chunks.push_back(SequenceChunk{sequence, tokens.subspan(begin, count),
-                                         static_cast<int64_t>(begin), &skip, LogitsMode::kAll});
+                                         static_cast<int64_t>(begin), &skip,
+                                         LogitsMode::kAll});
     ForwardResult result;
     status = backend_->Forward(batch, &result);
     logits.insert(logits.end(), result.logits.begin(), result.logits.end());
@@ -116,8 +132,8 @@ absl::StatusOr<std::vector<float>> Engine::PromptLogits(absl::Span<const int32_t
   return logits;
 }
 
-absl::StatusOr<GenerationResult> Engine::Generate(const GenerationRequest& request,
-                                                  const TextCallback& on_text) {
+absl::StatusOr<GenerationResult> Engine::Generate(
+    const GenerationRequest& request, const TextCallback& on_text) {
   LS_ASSIGN_OR_RETURN(std::vector<GenerationResult> results,
                       GenerateBatch({&request, 1}, on_text));
   return std::move(results[0]);

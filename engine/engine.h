@@ -57,11 +57,13 @@ struct GenerationResult {
 };
 
 // Called with each new piece of text of sequence `index` as it completes.
-using TextCallback = std::function<void(size_t index, const std::string& piece)>;
+using TextCallback =
+    std::function<void(size_t index, const std::string& piece)>;
 
 class Engine {
  public:
-  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(
+      const EngineOptions& options);
 
   const ModelConfig& config() const { return weights_->config; }
   const ModelWeights& weights() const { return *weights_; }
@@ -75,20 +77,24 @@ class Engine {
   std::string Describe() const;
 
   // Prompt text -> ids, with the tokenizer's BOS/prefix.
-  absl::StatusOr<std::vector<int32_t>> EncodePrompt(absl::string_view text) const;
+  absl::StatusOr<std::vector<int32_t>> EncodePrompt(
+      absl::string_view text) const;
   // Chat-formatted single user turn -> ids. FailedPrecondition without a
   // chat template.
-  absl::StatusOr<std::vector<int32_t>> EncodeChat(absl::string_view user_message) const;
+  absl::StatusOr<std::vector<int32_t>> EncodeChat(
+      absl::string_view user_message) const;
 
   // Runs `tokens` through the model in a fresh sequence and returns the
   // logits of every position: [tokens.size(), vocab_size] f32.
-  absl::StatusOr<std::vector<float>> PromptLogits(absl::Span<const int32_t> tokens,
-                                                  const SkipSet& skip = {});
+  absl::StatusOr<std::vector<float>> PromptLogits(
+      absl::Span<const int32_t> tokens, const SkipSet& skip = {});
 
-  // Generates for every request together: their prefills share steps, then
-  // every live sequence decodes in one batched step per token.
+  // Generates for every request together: each forward step carries the
+  // decode tokens of sequences past their prompt and prefill chunks (at most
+  // kMaxPrefillChunk tokens per step) of those still reading theirs.
   absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(
-      absl::Span<const GenerationRequest> requests, const TextCallback& on_text = {});
+      absl::Span<const GenerationRequest> requests,
+      const TextCallback& on_text = {});
   absl::StatusOr<GenerationResult> Generate(const GenerationRequest& request,
                                             const TextCallback& on_text = {});
 

@@ -1,5 +1,5 @@
-// Engine::GenerateBatch: prefill every request, then decode all live
-// sequences together, one batched forward step per token.
+// Engine::GenerateBatch: continuous batching over a fixed set of requests:
+// each forward step carries prefill chunks and decode tokens together.
 #include <algorithm>
 #include <chrono>
 #include <optional>
@@ -35,7 +35,8 @@ struct LiveSequence {
         sampler(request.sampling),
         detokenizer(&tokenizer, /*skip_special_tokens=*/true) {
     for (const std::string& stop : request.stop_strings) {
-      stop_holdback = std::max(stop_holdback, stop.size() - (stop.empty() ? 0 : 1));
+      stop_holdback =
+          std::max(stop_holdback, stop.size() - (stop.empty() ? 0 : 1));
     }
   }
 
@@ -44,10 +45,10 @@ struct LiveSequence {
   Sampler sampler;
   IncrementalDetokenizer detokenizer;
   GenerationResult result;
-  int64_t prefilled = 0;   // Prompt tokens already in the cache.
+  int64_t prefilled = 0;    // Prompt tokens already in the cache.
   int32_t last_token = -1;  // Sampled, not yet fed back.
   bool finished = false;
-  size_t emitted = 0;       // Bytes of result.text passed to the callback.
+  size_t emitted = 0;  // Bytes of result.text passed to the callback.
   // Text that could still become the start of a stop string is held back
   // from the callback.
   size_t stop_holdback = 0;
@@ -65,25 +66,28 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
     const GenerationRequest& request = requests[i];
     absl::Status sampling = ValidateSamplingParams(request.sampling);
     if (!sampling.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("request ", i, ": ", sampling.message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("request ", i, ": ", sampling.message()));
     }
     if (request.prompt_tokens.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("request ", i, ": prompt_tokens is empty"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("request ", i, ": prompt_tokens is empty"));
     }
     if (request.max_new_tokens < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("request ", i, ": max_new_tokens must be >= 0"));
     }
-    if (context > 0 && static_cast<int64_t>(request.prompt_tokens.size()) >= context) {
+    if (context > 0 &&
+        static_cast<int64_t>(request.prompt_tokens.size()) >= context) {
       return absl::OutOfRangeError(absl::StrCat(
           "request ", i, ": prompt has ", request.prompt_tokens.size(),
           " tokens, the model's context is ", context));
     }
     for (int32_t token : request.prompt_tokens) {
       if (token < 0 || token >= config().vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "request ", i, ": prompt token id ", token, " outside [0, ", config().vocab_size,
-            ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("request ", i, ": prompt token id ", token,
+                         " outside [0, ", config().vocab_size, ")"));
       }
     }
   }
@@ -95,7 +99,8 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
   for (const GenerationRequest& request : requests) {
     live.emplace_back(request, *tokenizer_);
     live.back().sequence = blocks.AddSequence();
-    live.back().result.prompt_tokens = static_cast<int64_t>(request.prompt_tokens.size());
+    live.back().result.prompt_tokens =
+        static_cast<int64_t>(request.prompt_tokens.size());
     if (request.max_new_tokens == 0) live.back().finished = true;
   }
   // Whatever happens below, every sequence's cache blocks go back.
@@ -110,14 +115,16 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
   const std::vector<int32_t>& eos_ids = tokenizer_->eos_ids();
   // Appends the sampled token to sequence `s`, streams its text and decides
   // whether the sequence is done.
-  const auto accept_token = [&](size_t index, int32_t token, const TokenConfidence& confidence) {
+  const auto accept_token = [&](size_t index, int32_t token,
+                                const TokenConfidence& confidence) {
     LiveSequence& s = live[index];
     GenerationResult& r = s.result;
     if (!s.has_first_token) {
       s.has_first_token = true;
       s.first_token_time = Clock::now();
     }
-    const bool is_eos = std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end();
+    const bool is_eos =
+        std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end();
     if (is_eos && !s.request->ignore_eos) {
       r.finish_reason = FinishReason::kEos;
       s.finished = true;
@@ -129,8 +136,9 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
       // A stop string may straddle tokens: search the recent tail only.
       for (const std::string& stop : s.request->stop_strings) {
         if (stop.empty()) continue;
-        const size_t search_from =
-            r.text.size() > stop.size() + 64 ? r.text.size() - stop.size() - 64 : 0;
+        const size_t search_from = r.text.size() > stop.size() + 64
+                                       ? r.text.size() - stop.size() - 64
+                                       : 0;
         const size_t found = r.text.find(stop, search_from);
         if (found != std::string::npos) {
           r.text.resize(found);
@@ -140,8 +148,10 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
         }
       }
       if (!s.finished) {
-        const int64_t length = r.prompt_tokens + static_cast<int64_t>(r.tokens.size());
-        if (static_cast<int64_t>(r.tokens.size()) >= s.request->max_new_tokens) {
+        const int64_t length =
+            r.prompt_tokens + static_cast<int64_t>(r.tokens.size());
+        if (static_cast<int64_t>(r.tokens.size()) >=
+            s.request->max_new_tokens) {
           r.finish_reason = FinishReason::kLength;
           s.finished = true;
         } else if (context > 0 && length >= context) {
@@ -155,7 +165,9 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
     }
     if (on_text) {
       size_t ready = r.text.size();
-      if (!s.finished) ready = Utf8Boundary(r.text, ready > s.stop_holdback ? ready - s.stop_holdback : 0);
+      if (!s.finished)
+        ready = Utf8Boundary(
+            r.text, ready > s.stop_holdback ? ready - s.stop_holdback : 0);
       if (ready > s.emitted) {
         on_text(index, r.text.substr(s.emitted, ready - s.emitted));
         s.emitted = ready;
@@ -167,58 +179,50 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
     }
   };
 
-  // Prefill: every unfinished sequence's prompt in chunks; a sequence gets
-  // its logits (and first token) with its last chunk.
+  // One forward step per iteration over every unfinished sequence: a
+  // sequence still reading its prompt contributes a prefill chunk (at most
+  // kMaxPrefillChunk prompt tokens per step in all), the others one decode
+  // token. A sequence samples whenever its chunk ends at its newest token.
   for (;;) {
     ForwardBatch batch;
     std::vector<size_t> owners;
-    int64_t step_tokens = 0;
-    for (size_t i = 0; i < live.size() && step_tokens < kMaxPrefillChunk; ++i) {
+    int64_t prefill_budget = kMaxPrefillChunk;
+    for (size_t i = 0; i < live.size(); ++i) {
       LiveSequence& s = live[i];
+      if (s.finished) continue;
       const int64_t prompt_length = s.result.prompt_tokens;
-      if (s.finished || s.prefilled >= prompt_length) continue;
-      const int64_t count = std::min(prompt_length - s.prefilled, kMaxPrefillChunk - step_tokens);
-      const bool last = s.prefilled + count == prompt_length;
-      batch.chunks.push_back(SequenceChunk{
-          s.sequence, absl::MakeConstSpan(s.request->prompt_tokens).subspan(s.prefilled, count),
-          s.prefilled, &s.request->skip, last ? LogitsMode::kLast : LogitsMode::kNone});
+      if (s.prefilled < prompt_length) {
+        if (prefill_budget == 0) continue;
+        const int64_t count =
+            std::min(prompt_length - s.prefilled, prefill_budget);
+        const bool last = s.prefilled + count == prompt_length;
+        batch.chunks.push_back(
+            SequenceChunk{s.sequence,
+                          absl::MakeConstSpan(s.request->prompt_tokens)
+                              .subspan(s.prefilled, count),
+                          s.prefilled, &s.request->skip,
+                          last ? LogitsMode::kLast : LogitsMode::kNone});
+        s.prefilled += count;
+        prefill_budget -= count;
+      } else {
+        const int64_t position =
+            prompt_length + static_cast<int64_t>(s.result.tokens.size()) - 1;
+        batch.chunks.push_back(
+            SequenceChunk{s.sequence, absl::MakeConstSpan(&s.last_token, 1),
+                          position, &s.request->skip, LogitsMode::kLast});
+      }
       owners.push_back(i);
-      s.prefilled += count;
-      step_tokens += count;
     }
     if (batch.chunks.empty()) break;
     ForwardResult forward;
     LS_RETURN_IF_ERROR(backend_->Forward(batch, &forward));
     for (size_t c = 0; c < batch.chunks.size(); ++c) {
       if (batch.chunks[c].logits != LogitsMode::kLast) continue;
-      LiveSequence& s = live[owners[c]];
-      float* logits = forward.logits.data() + forward.first_logit_row[c] * config().vocab_size;
+      float* logits = forward.logits.data() +
+                      forward.first_logit_row[c] * config().vocab_size;
       TokenConfidence confidence;
-      const int32_t token = s.sampler.Sample(logits, config().vocab_size, &confidence);
-      accept_token(owners[c], token, confidence);
-    }
-  }
-
-  // Decode: one token for every live sequence per step.
-  for (;;) {
-    ForwardBatch batch;
-    std::vector<size_t> owners;
-    for (size_t i = 0; i < live.size(); ++i) {
-      LiveSequence& s = live[i];
-      if (s.finished) continue;
-      const int64_t position = s.result.prompt_tokens + static_cast<int64_t>(s.result.tokens.size()) - 1;
-      batch.chunks.push_back(SequenceChunk{s.sequence, absl::MakeConstSpan(&s.last_token, 1),
-                                           position, &s.request->skip, LogitsMode::kLast});
-      owners.push_back(i);
-    }
-    if (batch.chunks.empty()) break;
-    ForwardResult forward;
-    LS_RETURN_IF_ERROR(backend_->Forward(batch, &forward));
-    for (size_t c = 0; c < batch.chunks.size(); ++c) {
-      LiveSequence& s = live[owners[c]];
-      float* logits = forward.logits.data() + forward.first_logit_row[c] * config().vocab_size;
-      TokenConfidence confidence;
-      const int32_t token = s.sampler.Sample(logits, config().vocab_size, &confidence);
+      const int32_t token = live[owners[c]].sampler.Sample(
+          logits, config().vocab_size, &confidence);
       accept_token(owners[c], token, confidence);
     }
   }

@@ -25,7 +25,8 @@ SequenceId KvBlockManager::AddSequence() {
 absl::Status KvBlockManager::Reserve(SequenceId sequence, int64_t num_tokens) {
   auto it = tables_.find(sequence);
   if (it == tables_.end()) {
-    return absl::NotFoundError(absl::StrCat("KV cache: unknown sequence ", sequence));
+    return absl::NotFoundError(
+        absl::StrCat("KV cache: unknown sequence ", sequence));
   }
   std::vector<int32_t>& table = it->second;
   const int64_t needed = (num_tokens + block_size_ - 1) / block_size_;
@@ -33,8 +34,8 @@ absl::Status KvBlockManager::Reserve(SequenceId sequence, int64_t num_tokens) {
   if (extra <= 0) return absl::OkStatus();
   if (extra > free_blocks()) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "KV cache full: sequence needs ", extra, " more blocks of ", block_size_,
-        " tokens, ", free_blocks(), " of ", num_blocks_, " free"));
+        "KV cache full: sequence needs ", extra, " more blocks of ",
+        block_size_, " tokens, ", free_blocks(), " of ", num_blocks_, " free"));
   }
   for (int64_t i = 0; i < extra; ++i) {
     table.push_back(free_list_.back());
@@ -50,9 +51,11 @@ void KvBlockManager::Release(SequenceId sequence) {
   tables_.erase(it);
 }
 
-int64_t KvBlockManager::BlocksNeeded(SequenceId sequence, int64_t num_tokens) const {
+int64_t KvBlockManager::BlocksNeeded(SequenceId sequence,
+                                     int64_t num_tokens) const {
   const int64_t needed = (num_tokens + block_size_ - 1) / block_size_;
-  return std::max<int64_t>(0, needed - static_cast<int64_t>(block_table(sequence).size()));
+  return std::max<int64_t>(
+      0, needed - static_cast<int64_t>(block_table(sequence).size()));
 }
 
 bool KvBlockManager::Contains(SequenceId sequence) const {
@@ -63,7 +66,8 @@ int64_t KvBlockManager::capacity(SequenceId sequence) const {
   return static_cast<int64_t>(block_table(sequence).size()) * block_size_;
 }
 
-const std::vector<int32_t>& KvBlockManager::block_table(SequenceId sequence) const {
+const std::vector<int32_t>& KvBlockManager::block_table(
+    SequenceId sequence) const {
   auto it = tables_.find(sequence);
   LS_CHECK(it != tables_.end()) << "unknown sequence " << sequence;
   return it->second;

@@ -52,11 +52,14 @@ class KvBlockManager {
 
   int64_t block_size() const { return block_size_; }
   int64_t num_blocks() const { return num_blocks_; }
-  int64_t free_blocks() const { return static_cast<int64_t>(free_list_.size()); }
+  int64_t free_blocks() const {
+    return static_cast<int64_t>(free_list_.size());
+  }
   int64_t num_sequences() const { return static_cast<int64_t>(tables_.size()); }
   double usage_ratio() const {
-    return num_blocks_ == 0 ? 0.0
-                            : 1.0 - static_cast<double>(free_blocks()) / num_blocks_;
+    return num_blocks_ == 0
+               ? 0.0
+               : 1.0 - static_cast<double>(free_blocks()) / num_blocks_;
   }
 
  private:

@@ -11,8 +11,8 @@ namespace litestage {
 
 absl::Status ValidateSamplingParams(const SamplingParams& params) {
   if (!(params.temperature >= 0.0f) || !std::isfinite(params.temperature)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("temperature must be a finite number >= 0, got ", params.temperature));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "temperature must be a finite number >= 0, got ", params.temperature));
   }
   if (params.top_k < 0) {
     return absl::InvalidArgumentError(
@@ -25,9 +25,11 @@ absl::Status ValidateSamplingParams(const SamplingParams& params) {
   return absl::OkStatus();
 }
 
-Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+Sampler::Sampler(const SamplingParams& params)
+    : params_(params), rng_(params.seed) {}
 
-int32_t Sampler::Sample(float* logits, int64_t vocab_size, TokenConfidence* confidence) {
+int32_t Sampler::Sample(float* logits, int64_t vocab_size,
+                        TokenConfidence* confidence) {
   const cpu::LogitStats stats = cpu::ComputeLogitStats(logits, vocab_size);
   if (confidence != nullptr) {
     *confidence = {stats.max_prob, stats.max_logit, stats.entropy};
@@ -56,8 +58,9 @@ int32_t Sampler::Sample(float* logits, int64_t vocab_size, TokenConfidence* conf
   std::vector<double> weights(count);
   double total = 0;
   for (int64_t i = 0; i < count; ++i) {
-    weights[i] = std::exp(static_cast<double>(logits[candidates_[i]] - max_logit) *
-                          inv_temperature);
+    weights[i] =
+        std::exp(static_cast<double>(logits[candidates_[i]] - max_logit) *
+                 inv_temperature);
     total += weights[i];
   }
   // Nucleus: keep the smallest prefix whose probability reaches top_p (the

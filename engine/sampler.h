@@ -39,7 +39,8 @@ class Sampler {
 
   // Picks a token from `logits` ([vocab] f32; may be modified) and reports
   // its confidence.
-  int32_t Sample(float* logits, int64_t vocab_size, TokenConfidence* confidence);
+  int32_t Sample(float* logits, int64_t vocab_size,
+                 TokenConfidence* confidence);
 
  private:
   SamplingParams params_;

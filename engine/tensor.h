@@ -51,7 +51,9 @@ struct Tensor {
     for (int64_t d : shape) n *= d;
     return shape.empty() ? 0 : n;
   }
-  size_t nbytes() const { return static_cast<size_t>(numel()) * DTypeSize(dtype); }
+  size_t nbytes() const {
+    return static_cast<size_t>(numel()) * DTypeSize(dtype);
+  }
   // For a 2-D weight [rows, cols].
   int64_t rows() const { return shape.size() == 2 ? shape[0] : 0; }
   int64_t cols() const { return shape.size() == 2 ? shape[1] : 0; }

@@ -45,29 +45,33 @@ LogSeverity MinLogSeverity();
 
 }  // namespace litestage::internal
 
-#define LS_CHECK(condition)                                              \
-  (condition) ? (void)0                                                  \
-              : ::litestage::internal::Voidify() &                       \
+#define LS_CHECK(condition)                                                 \
+  (condition) ? (void)0                                                     \
+              : ::litestage::internal::Voidify() &                          \
                     ::litestage::internal::CheckFailure(__FILE__, __LINE__, \
-                                                        #condition)      \
+                                                        #condition)         \
                         .stream()
 
-#define LS_CHECK_EQ(a, b) LS_CHECK((a) == (b)) << #a "=" << (a) << " " #b "=" << (b) << " "
-#define LS_CHECK_LT(a, b) LS_CHECK((a) < (b)) << #a "=" << (a) << " " #b "=" << (b) << " "
-#define LS_CHECK_LE(a, b) LS_CHECK((a) <= (b)) << #a "=" << (a) << " " #b "=" << (b) << " "
-#define LS_CHECK_GE(a, b) LS_CHECK((a) >= (b)) << #a "=" << (a) << " " #b "=" << (b) << " "
+#define LS_CHECK_EQ(a, b) \
+  LS_CHECK((a) == (b)) << #a "=" << (a) << " " #b "=" << (b) << " "
+#define LS_CHECK_LT(a, b) \
+  LS_CHECK((a) < (b)) << #a "=" << (a) << " " #b "=" << (b) << " "
+#define LS_CHECK_LE(a, b) \
+  LS_CHECK((a) <= (b)) << #a "=" << (a) << " " #b "=" << (b) << " "
+#define LS_CHECK_GE(a, b) \
+  LS_CHECK((a) >= (b)) << #a "=" << (a) << " " #b "=" << (b) << " "
 
 #define LS_LOG_SEVERITY_INFO ::litestage::internal::LogSeverity::kInfo
 #define LS_LOG_SEVERITY_WARNING ::litestage::internal::LogSeverity::kWarning
 #define LS_LOG_SEVERITY_ERROR ::litestage::internal::LogSeverity::kError
 
 // LS_LOG(INFO) << "loaded " << n << " tensors";
-#define LS_LOG(severity)                                                   \
-  (LS_LOG_SEVERITY_##severity < ::litestage::internal::MinLogSeverity())   \
-      ? (void)0                                                            \
-      : ::litestage::internal::Voidify() &                                 \
-            ::litestage::internal::LogMessage(__FILE__, __LINE__,          \
-                                              LS_LOG_SEVERITY_##severity)  \
+#define LS_LOG(severity)                                                  \
+  (LS_LOG_SEVERITY_##severity < ::litestage::internal::MinLogSeverity())  \
+      ? (void)0                                                           \
+      : ::litestage::internal::Voidify() &                                \
+            ::litestage::internal::LogMessage(__FILE__, __LINE__,         \
+                                              LS_LOG_SEVERITY_##severity) \
                 .stream()
 
 #endif  // LITESTAGE_ENGINE_UTIL_CHECK_H_

@@ -27,7 +27,8 @@ std::vector<char*> ParseFlagsAllowingDashes(int argc, char** argv) {
   static std::vector<char*>* pointers = new std::vector<char*>();
   pointers->clear();
   for (std::string& arg : *normalized) pointers->push_back(arg.data());
-  return absl::ParseCommandLine(static_cast<int>(pointers->size()), pointers->data());
+  return absl::ParseCommandLine(static_cast<int>(pointers->size()),
+                                pointers->data());
 }
 
 }  // namespace litestage

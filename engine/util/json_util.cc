@@ -26,19 +26,21 @@ absl::StatusOr<const json*> Member(const json& object, const char* key,
 }
 
 absl::Status Missing(const char* key, absl::string_view source) {
-  return absl::NotFoundError(absl::StrCat(source, ": missing required key '", key, "'"));
+  return absl::NotFoundError(
+      absl::StrCat(source, ": missing required key '", key, "'"));
 }
 
 absl::Status WrongType(const char* key, absl::string_view source,
                        const char* expected, const json& value) {
   return absl::InvalidArgumentError(absl::StrCat(source, ": key '", key,
-                                                 "' must be ", expected, ", got ",
-                                                 value.type_name()));
+                                                 "' must be ", expected,
+                                                 ", got ", value.type_name()));
 }
 
 }  // namespace
 
-absl::StatusOr<json> ParseJson(absl::string_view text, absl::string_view source) {
+absl::StatusOr<json> ParseJson(absl::string_view text,
+                               absl::string_view source) {
   json parsed = json::parse(text.begin(), text.end(), /*cb=*/nullptr,
                             /*allow_exceptions=*/false);
   if (parsed.is_discarded()) {
@@ -84,7 +86,8 @@ absl::StatusOr<double> JsonDouble(const json& object, const char* key,
 }
 
 absl::StatusOr<bool> JsonBool(const json& object, const char* key,
-                              absl::string_view source, std::optional<bool> fallback) {
+                              absl::string_view source,
+                              std::optional<bool> fallback) {
   LS_ASSIGN_OR_RETURN(const json* value, Member(object, key, source));
   if (value == nullptr) {
     if (fallback) return *fallback;

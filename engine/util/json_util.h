@@ -27,9 +27,9 @@ absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
 absl::StatusOr<int64_t> JsonInt(const nlohmann::json& object, const char* key,
                                 absl::string_view source,
                                 std::optional<int64_t> fallback = std::nullopt);
-absl::StatusOr<double> JsonDouble(const nlohmann::json& object, const char* key,
-                                  absl::string_view source,
-                                  std::optional<double> fallback = std::nullopt);
+absl::StatusOr<double> JsonDouble(
+    const nlohmann::json& object, const char* key, absl::string_view source,
+    std::optional<double> fallback = std::nullopt);
 absl::StatusOr<bool> JsonBool(const nlohmann::json& object, const char* key,
                               absl::string_view source,
                               std::optional<bool> fallback = std::nullopt);

@@ -19,9 +19,11 @@ namespace {
 
 absl::Status ErrnoError(const std::string& path, const char* what) {
   const int err = errno;
-  std::string message = absl::StrCat(path, ": ", what, ": ", std::strerror(err));
+  std::string message =
+      absl::StrCat(path, ": ", what, ": ", std::strerror(err));
   if (err == ENOENT) return absl::NotFoundError(message);
-  if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(message);
+  if (err == EACCES || err == EPERM)
+    return absl::PermissionDeniedError(message);
   return absl::InternalError(message);
 }
 
@@ -38,7 +40,8 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not a regular file"));
   }
   MappedFile file;
   file.path_ = path;

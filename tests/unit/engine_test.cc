@@ -32,7 +32,8 @@ std::unique_ptr<Engine> MakeTinyEngine(int64_t kv_cache_tokens = 4096,
 
 std::vector<int32_t> Tokens(int64_t n, int32_t seed) {
   std::vector<int32_t> tokens(n);
-  for (int64_t i = 0; i < n; ++i) tokens[i] = static_cast<int32_t>((seed * 131 + i * 17) % 500);
+  for (int64_t i = 0; i < n; ++i)
+    tokens[i] = static_cast<int32_t>((seed * 131 + i * 17) % 500);
   return tokens;
 }
 
@@ -43,7 +44,8 @@ int32_t Argmax(const float* row, int64_t n) {
 float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
   float worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
+  for (size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::fabs(a[i] - b[i]));
   return worst;
 }
 
@@ -65,15 +67,21 @@ TEST(EngineTest, SyntheticModelIsLabelled) {
 TEST(EngineTest, BatchedGenerationEqualsOneAtATime) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  std::vector<GenerationRequest> requests = {Greedy(Tokens(5, 1), 12), Greedy(Tokens(23, 2), 7),
-                                             Greedy(Tokens(1, 3), 16)};
+  std::vector<GenerationRequest> requests = {
+      Greedy(Tokens(5, 1), 12), Greedy(Tokens(23, 2), 7),
+      Greedy(Tokens(1, 3), 16),
+      // Longer than one prefill step:
+      // its chunks share steps with
+      // the others' decode tokens.
+      Greedy(Tokens(Engine::kMaxPrefillChunk + 150, 4), 5)};
   auto batched = engine->GenerateBatch(requests);
   ASSERT_TRUE(batched.ok()) << batched.status();
   for (size_t i = 0; i < requests.size(); ++i) {
     auto single = engine->Generate(requests[i]);
     ASSERT_TRUE(single.ok()) << single.status();
     EXPECT_EQ((*batched)[i].tokens, single->tokens) << "request " << i;
-    EXPECT_EQ(static_cast<int64_t>(single->tokens.size()), requests[i].max_new_tokens);
+    EXPECT_EQ(static_cast<int64_t>(single->tokens.size()),
+              requests[i].max_new_tokens);
     EXPECT_EQ(single->finish_reason, FinishReason::kLength);
   }
   EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
@@ -98,12 +106,14 @@ TEST(EngineTest, DecodeThroughCacheMatchesChunkedPrefill) {
   float worst = 0;
   for (size_t t = 0; t < tokens.size(); ++t) {
     ForwardBatch batch;
-    batch.chunks.push_back(SequenceChunk{sequence, absl::MakeConstSpan(&tokens[t], 1),
-                                         static_cast<int64_t>(t), nullptr, LogitsMode::kLast});
+    batch.chunks.push_back(
+        SequenceChunk{sequence, absl::MakeConstSpan(&tokens[t], 1),
+                      static_cast<int64_t>(t), nullptr, LogitsMode::kLast});
     ForwardResult result;
     ASSERT_TRUE(backend.Forward(batch, &result).ok());
     for (int64_t v = 0; v < vocab; ++v) {
-      worst = std::max(worst, std::fabs(result.logits[v] - (*prefill)[t * vocab + v]));
+      worst = std::max(worst,
+                       std::fabs(result.logits[v] - (*prefill)[t * vocab + v]));
     }
   }
   backend.kv_blocks().Release(sequence);
@@ -124,7 +134,8 @@ TEST(EngineTest, GreedyTokensAreArgmaxOfPromptLogits) {
   ASSERT_TRUE(logits.ok());
   for (size_t i = 0; i < generated->tokens.size(); ++i) {
     const int64_t row = static_cast<int64_t>(prompt.size() + i) - 1;
-    EXPECT_EQ(Argmax(logits->data() + row * vocab, vocab), generated->tokens[i]) << i;
+    EXPECT_EQ(Argmax(logits->data() + row * vocab, vocab), generated->tokens[i])
+        << i;
   }
 }
 
@@ -166,26 +177,30 @@ TEST(EngineTest, SkippingEverySublayerLeavesEmbeddingThroughHead) {
     const float* x = w.embed_tokens.f32() + tokens[t] * c.hidden_size;
     double sum_sq = 0;
     for (int64_t i = 0; i < c.hidden_size; ++i) sum_sq += double(x[i]) * x[i];
-    const double inv_rms = 1.0 / std::sqrt(sum_sq / c.hidden_size + c.rms_norm_eps);
+    const double inv_rms =
+        1.0 / std::sqrt(sum_sq / c.hidden_size + c.rms_norm_eps);
     for (int64_t v = 0; v < c.vocab_size; ++v) {
       const float* head = w.lm_head.f32() + v * c.hidden_size;
       double expected = 0;
       for (int64_t i = 0; i < c.hidden_size; ++i) {
         expected += x[i] * inv_rms * w.norm.f32()[i] * head[i];
       }
-      ASSERT_NEAR((*logits)[t * c.vocab_size + v], expected, 1e-4) << t << "," << v;
+      ASSERT_NEAR((*logits)[t * c.vocab_size + v], expected, 1e-4)
+          << t << "," << v;
     }
   }
 }
 
 class CountingObserver : public SublayerObserver {
  public:
-  void Observe(int64_t chunk_index, int64_t layer, SublayerKind kind, const float* input,
-               const float* output, int64_t num_tokens, int64_t hidden_size) override {
+  void Observe(int64_t chunk_index, int64_t layer, SublayerKind kind,
+               const float* input, const float* output, int64_t num_tokens,
+               int64_t hidden_size) override {
     calls.push_back({chunk_index, layer, kind, num_tokens});
     // A residual sub-layer changes its input.
     double diff = 0;
-    for (int64_t i = 0; i < num_tokens * hidden_size; ++i) diff += std::fabs(output[i] - input[i]);
+    for (int64_t i = 0; i < num_tokens * hidden_size; ++i)
+      diff += std::fabs(output[i] - input[i]);
     if (diff == 0) unchanged++;
   }
   struct Call {
@@ -216,7 +231,8 @@ TEST(EngineTest, ObserverSeesEveryExecutedSublayerOfEveryChunk) {
   ForwardResult result;
   ASSERT_TRUE(backend.Forward(batch, &result).ok());
   // Chunk a: 2 sub-layers per layer; chunk b: one attention fewer.
-  EXPECT_EQ(static_cast<int64_t>(observer.calls.size()), 2 * layers + 2 * layers - 1);
+  EXPECT_EQ(static_cast<int64_t>(observer.calls.size()),
+            2 * layers + 2 * layers - 1);
   for (const auto& call : observer.calls) {
     EXPECT_EQ(call.tokens, call.chunk == 0 ? 4 : 6);
     EXPECT_FALSE(call.chunk == 1 && call.layer == layers - 1 &&
@@ -224,7 +240,8 @@ TEST(EngineTest, ObserverSeesEveryExecutedSublayerOfEveryChunk) {
   }
   EXPECT_EQ(observer.unchanged, 0);
   EXPECT_EQ(result.first_logit_row, (std::vector<int64_t>{0, 1}));
-  EXPECT_EQ(static_cast<int64_t>(result.logits.size()), 7 * engine->config().vocab_size);
+  EXPECT_EQ(static_cast<int64_t>(result.logits.size()),
+            7 * engine->config().vocab_size);
   backend.kv_blocks().Release(a);
   backend.kv_blocks().Release(b);
 }
@@ -234,7 +251,8 @@ TEST(EngineTest, FullCacheIsAnErrorAndLeaksNothing) {
   ASSERT_NE(engine, nullptr);
   auto result = engine->Generate(Greedy(Tokens(40, 1), 4));
   EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(std::string(result.status().message()), HasSubstr("KV cache full"));
+  EXPECT_THAT(std::string(result.status().message()),
+              HasSubstr("KV cache full"));
   const KvBlockManager& blocks = engine->backend().kv_blocks();
   EXPECT_EQ(blocks.free_blocks(), blocks.num_blocks());
   EXPECT_EQ(blocks.num_sequences(), 0);
@@ -247,11 +265,13 @@ TEST(EngineTest, InvalidRequestsNameTheProblem) {
   ASSERT_NE(engine, nullptr);
   auto empty = engine->Generate(Greedy({}, 4));
   EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(empty.status().message()), HasSubstr("prompt_tokens"));
+  EXPECT_THAT(std::string(empty.status().message()),
+              HasSubstr("prompt_tokens"));
   auto bad_id = engine->Generate(Greedy({1, 99999}, 4));
   EXPECT_EQ(bad_id.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(bad_id.status().message()), HasSubstr("99999"));
-  auto too_long = engine->Generate(Greedy(Tokens(engine->config().max_position_embeddings, 1), 4));
+  auto too_long = engine->Generate(
+      Greedy(Tokens(engine->config().max_position_embeddings, 1), 4));
   EXPECT_EQ(too_long.status().code(), absl::StatusCode::kOutOfRange);
   GenerationRequest bad_sampling = Greedy({1, 2}, 4);
   bad_sampling.sampling.top_p = 2;
@@ -271,14 +291,16 @@ TEST(EngineTest, StopStringCutsTextAndStreamingMatchesResult) {
   size_t begin = reference->text.size() / 2;
   while (begin > 0 && (reference->text[begin] & 0xC0) == 0x80) --begin;
   size_t end = begin + 1;
-  while (end < reference->text.size() && (reference->text[end] & 0xC0) == 0x80) ++end;
+  while (end < reference->text.size() && (reference->text[end] & 0xC0) == 0x80)
+    ++end;
   const std::string stop = reference->text.substr(begin, end - begin);
   request.stop_strings = {stop};
   std::string streamed;
-  auto stopped = engine->Generate(request, [&](size_t index, const std::string& piece) {
-    EXPECT_EQ(index, 0u);
-    streamed += piece;
-  });
+  auto stopped =
+      engine->Generate(request, [&](size_t index, const std::string& piece) {
+        EXPECT_EQ(index, 0u);
+        streamed += piece;
+      });
   ASSERT_TRUE(stopped.ok());
   EXPECT_EQ(stopped->finish_reason, FinishReason::kStopString);
   const size_t first = reference->text.find(stop);
@@ -300,9 +322,11 @@ TEST(EngineTest, EosEndsGenerationUnlessIgnored) {
   ASSERT_TRUE(stopped.ok());
   EXPECT_EQ(stopped->finish_reason, FinishReason::kEos);
   const size_t first_eos =
-      std::find(free_run->tokens.begin(), free_run->tokens.end(), eos) - free_run->tokens.begin();
+      std::find(free_run->tokens.begin(), free_run->tokens.end(), eos) -
+      free_run->tokens.begin();
   EXPECT_EQ(stopped->tokens,
-            std::vector<int32_t>(free_run->tokens.begin(), free_run->tokens.begin() + first_eos));
+            std::vector<int32_t>(free_run->tokens.begin(),
+                                 free_run->tokens.begin() + first_eos));
 }
 
 TEST(EngineTest, Bf16WeightsStayCloseToF32) {

@@ -13,7 +13,8 @@ TEST(SamplerTest, GreedyPicksArgmaxAndReportsConfidence) {
   Sampler sampler(SamplingParams{});
   std::vector<float> logits = {0.0f, 2.0f, 1.0f, 2.0f};
   TokenConfidence confidence;
-  EXPECT_EQ(sampler.Sample(logits.data(), 4, &confidence), 1);  // First of ties.
+  EXPECT_EQ(sampler.Sample(logits.data(), 4, &confidence),
+            1);  // First of ties.
   const double z = 1 + 2 * std::exp(2.0) + std::exp(1.0);
   EXPECT_NEAR(confidence.max_prob, std::exp(2.0) / z, 1e-6);
   EXPECT_FLOAT_EQ(confidence.max_logit, 2.0f);
@@ -29,7 +30,8 @@ TEST(SamplerTest, SeededSamplingIsReproducibleAndFollowsTheDistribution) {
   SamplingParams params;
   params.temperature = 1.0f;
   params.seed = 7;
-  const std::vector<float> base = {std::log(0.5f), std::log(0.3f), std::log(0.2f)};
+  const std::vector<float> base = {std::log(0.5f), std::log(0.3f),
+                                   std::log(0.2f)};
   Sampler a(params), b(params);
   std::map<int32_t, int> counts;
   constexpr int kDraws = 20000;
@@ -46,8 +48,8 @@ TEST(SamplerTest, SeededSamplingIsReproducibleAndFollowsTheDistribution) {
 }
 
 TEST(SamplerTest, TopKAndTopPRestrictTheCandidates) {
-  const std::vector<float> base = {std::log(0.4f), std::log(0.3f), std::log(0.2f),
-                                   std::log(0.1f)};
+  const std::vector<float> base = {std::log(0.4f), std::log(0.3f),
+                                   std::log(0.2f), std::log(0.1f)};
   SamplingParams top_k;
   top_k.temperature = 1.0f;
   top_k.top_k = 2;
@@ -65,13 +67,16 @@ TEST(SamplerTest, TopKAndTopPRestrictTheCandidates) {
 TEST(SamplerTest, RejectsBadParameters) {
   SamplingParams params;
   params.temperature = -1;
-  EXPECT_EQ(ValidateSamplingParams(params).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidateSamplingParams(params).code(),
+            absl::StatusCode::kInvalidArgument);
   params = {};
   params.top_k = -3;
-  EXPECT_NE(ValidateSamplingParams(params).message().find("top_k"), std::string::npos);
+  EXPECT_NE(ValidateSamplingParams(params).message().find("top_k"),
+            std::string::npos);
   params = {};
   params.top_p = 0;
-  EXPECT_NE(ValidateSamplingParams(params).message().find("top_p"), std::string::npos);
+  EXPECT_NE(ValidateSamplingParams(params).message().find("top_p"),
+            std::string::npos);
   params = {};
   params.top_p = 1.5f;
   EXPECT_FALSE(ValidateSamplingParams(params).ok());
