@@ -20,8 +20,13 @@ namespace {
 // Every folder under tests/golden/models; AllModelFoldersAreListed keeps this
 // list and the folder in step so no model goes untested.
 const char* const kGoldenModels[] = {
-    "llama_f32_tied_gqa", "llama_bf16_untied", "llama3_rope_scaling",
-    "qwen2_f32",          "qwen3_f32",         "mistral_f32",
+    "llama_f32_tied_gqa",
+    "llama_bf16_untied",
+    "llama3_rope_scaling",
+    "qwen2_f32",
+    "qwen3_f32",
+    "mistral_f32",
+    "mistral_sliding_window",
     "llama_sharded",
 };
 

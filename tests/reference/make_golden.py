@@ -219,6 +219,10 @@ VARIANTS = [
     ("mistral_f32", MistralConfig, MistralForCausalLM, "metaspace",
      # Window far longer than any recorded sequence (<= 64 positions).
      dict(common(), tie_word_embeddings=True, sliding_window=4096), {}),
+    ("mistral_sliding_window", MistralConfig, MistralForCausalLM, "metaspace",
+     # A window of 8 positions: the 40-token prompt and every greedy step
+     # past position 8 attend to a strict suffix of the sequence.
+     dict(common(), tie_word_embeddings=True, sliding_window=8), {}),
     ("llama_sharded", LlamaConfig, LlamaForCausalLM, "metaspace",
      dict(common(), tie_word_embeddings=False), {"shard": "40KB"}),
 ]
