@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -77,8 +78,9 @@ def build_rows(engine, hf):
         key = (ours["preset"], ours["dtype"])
         theirs = hf_by_key.get(key)
         weight_bytes = ours["weight_bytes"]
+        model_bw = ours.get("read_bandwidth_bytes_per_s", read_bw)
         row = {"preset": key[0], "dtype": key[1], "weight_bytes": weight_bytes,
-               "floor_tokens_per_s": read_bw / weight_bytes,
+               "read_bandwidth": model_bw, "floor_tokens_per_s": model_bw / weight_bytes,
                "prefill": (ours["prefill_tokens_per_s"],
                            theirs["prefill_tokens_per_s"] if theirs else None),
                "decode": {}}
@@ -105,6 +107,9 @@ def render(rows, engine, hf, meta, kernels_text):
     out(f"- CPU: {m['cpu_model']}, {m['cores']} cores ({m['threads_per_core']} thread/core), "
         f"L3 {m['l3_cache']}, ISA {', '.join(m['isa'])}"
         + (f", virtualized ({m['hypervisor']})" if m["hypervisor"] else ""))
+    out(f"- load average at the end of the run (1/5/15 min): "
+        f"{' / '.join(str(x) for x in meta['load_average_1_5_15_min'])} on {m['cores']} cores "
+        f"(the benchmark itself accounts for about {engine['threads']})")
     out(f"- threads: litestage {engine['threads']}, transformers {hf['threads']} "
         f"(torch.set_num_threads); torch {hf['versions']['torch']}, "
         f"transformers {hf['versions']['transformers']}")
@@ -117,8 +122,9 @@ def render(rows, engine, hf, meta, kernels_text):
         "peers; bf16 rows run transformers in torch.bfloat16, f32 rows in float32")
     samples = engine["read_bandwidth_samples_bytes_per_s"]
     out(f"- read bandwidth (this run, {engine['threads']} threads, "
-        f"{s['bandwidth_mb']} MiB buffer, before and after the models): "
-        f"median {read_bw / GB:.2f} GB/s (min {min(samples) / GB:.2f}, max {max(samples) / GB:.2f})")
+        f"{s['bandwidth_mb']} MiB buffer, {engine.get('read_bandwidth_probe_isa', '?')} loads, "
+        f"{s['bandwidth_passes']} passes before and after each model): "
+        f"median of all {read_bw / GB:.2f} GB/s (min {min(samples) / GB:.2f}, max {max(samples) / GB:.2f})")
     out("")
     out("## Throughput (tokens/s, higher is better)")
     out("")
@@ -138,17 +144,19 @@ def render(rows, engine, hf, meta, kernels_text):
     out("## Batch-1 decode against the memory floor")
     out("")
     out("Batch-1 decode reads every weight matrix once per token, so it cannot beat "
-        "floor = read bandwidth / weight bytes. Achieved bandwidth = weight bytes x decode "
+        "floor = read bandwidth / weight bytes, with the bandwidth probed right before and "
+        "after that model's measurements (median). Achieved bandwidth = weight bytes x decode "
         "steps/s (at batch 8 one step makes 8 tokens).")
     out("")
-    header = ["preset", "dtype", "weights MB", "floor tok/s", "ours b1", "ours % of floor",
+    header = ["preset", "dtype", "weights MB", "read GB/s", "floor tok/s", "ours b1", "ours % of floor",
               "HF b1", "HF % of floor"] + [f"achieved GB/s b{b} (ours / HF)" for b in batches]
     out("| " + " | ".join(header) + " |")
     out("|" + "---|" * len(header))
     for r in rows:
         floor = r["floor_tokens_per_s"]
         ours1, hf1 = r["decode"].get("1", (None, None))
-        cells = [r["preset"], r["dtype"], fmt(r["weight_bytes"] / 1e6, 1), fmt(floor),
+        cells = [r["preset"], r["dtype"], fmt(r["weight_bytes"] / 1e6, 1),
+                 fmt(r["read_bandwidth"] / GB), fmt(floor),
                  fmt(ours1), fmt(100 * ours1 / floor, 0) + "%" if ours1 else "-",
                  fmt(hf1), fmt(100 * hf1 / floor, 0) + "%" if hf1 else "-"]
         for b in batches:
@@ -221,22 +229,50 @@ def judge(rows):
     return verdicts
 
 
+def load_all(paths):
+    documents = []
+    for path in paths:
+        with open(path) as f:
+            documents.append(json.load(f))
+    return documents
+
+
+def merge(documents):
+    """One report from several runs of the same peer (one model each): the
+    results are concatenated and, for engine_bench, the read-bandwidth samples
+    of every run are pooled and their median becomes the run's figure."""
+    merged = dict(documents[0])
+    merged["results"] = []
+    for document in documents:
+        for result in document["results"]:
+            # Each model's floor uses the bandwidth probed around it.
+            if "read_bandwidth_bytes_per_s" in document:
+                result = dict(result, read_bandwidth_bytes_per_s=document["read_bandwidth_bytes_per_s"])
+            merged["results"].append(result)
+    if "read_bandwidth_samples_bytes_per_s" in merged:
+        samples = [s for d in documents for s in d["read_bandwidth_samples_bytes_per_s"]]
+        merged["read_bandwidth_samples_bytes_per_s"] = samples
+        merged["read_bandwidth_bytes_per_s"] = statistics.median(samples)
+        merged["read_bandwidth_per_model_bytes_per_s"] = [
+            d["read_bandwidth_bytes_per_s"] for d in documents]
+    return merged
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engine", required=True)
-    parser.add_argument("--hf", required=True)
+    parser.add_argument("--engine", required=True, nargs="+",
+                        help="engine_bench JSON files (merged; bandwidth samples pooled)")
+    parser.add_argument("--hf", required=True, nargs="+", help="hf_peer.py JSON files (merged)")
     parser.add_argument("--results-dir", required=True)
     parser.add_argument("--command", default="make bench")
     parser.add_argument("--kernels", help="kernels_bench output to include")
     parser.add_argument("--root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     args = parser.parse_args()
     try:
-        with open(args.engine) as f:
-            engine = json.load(f)
-        with open(args.hf) as f:
-            hf = json.load(f)
-    except (OSError, ValueError) as error:
+        engine = merge(load_all(args.engine))
+        hf = merge(load_all(args.hf))
+    except (OSError, ValueError, KeyError) as error:
         sys.exit(f"report.py: cannot read the peer results: {error}")
     kernels_text = None
     if args.kernels and os.path.exists(args.kernels):
@@ -244,7 +280,10 @@ def main():
             kernels_text = f.read()
     now = datetime.datetime.now(datetime.timezone.utc)
     meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "command": args.command,
-            "git": git_info(args.root), "machine": machine_info()}
+            "git": git_info(args.root), "machine": machine_info(),
+            # Other jobs on the machine skew both peers; the load at the end
+            # of the run says whether there were any.
+            "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()]}
     rows = build_rows(engine, hf)
     text = render(rows, engine, hf, meta, kernels_text)
     print(text)

@@ -72,19 +72,33 @@ if [ -x "$bin_dir/kernels_bench" ]; then
   fi
 fi
 
-echo "== litestage engine_bench ($threads threads) =="
-"$bin_dir/engine_bench" --models_dir "$models_dir" --presets "$presets" --dtypes "$dtypes" \
-  --threads "$threads" --reps "$reps" --prefill_tokens 128 --decode_prompt_tokens 32 \
-  --new_tokens 32 --batches 1,8 --json_out "$work/engine.json"
+# The peers take turns model by model (litestage, then transformers), so the
+# two figures of each ratio are measured minutes apart at most: other load on
+# a small shared machine then hits both alike.
+engine_files=()
+hf_files=()
+IFS=, read -ra preset_list <<< "$presets"
+IFS=, read -ra dtype_list <<< "$dtypes"
+for preset in "${preset_list[@]}"; do
+  for dtype in "${dtype_list[@]}"; do
+    echo "== $preset $dtype: litestage engine_bench ($threads threads) =="
+    "$bin_dir/engine_bench" --models_dir "$models_dir" --presets "$preset" --dtypes "$dtype" \
+      --threads "$threads" --reps "$reps" --prefill_tokens 128 --decode_prompt_tokens 32 \
+      --new_tokens 32 --batches 1,8 --json_out "$work/engine-$preset-$dtype.json"
+    engine_files+=("$work/engine-$preset-$dtype.json")
+    echo "== $preset $dtype: transformers peer ($threads threads) =="
+    "$python" bench/hf_peer.py measure --models-dir "$models_dir" "${common[@]}" \
+      --presets "$preset" --dtypes "$dtype" --out "$work/hf-$preset-$dtype.json"
+    hf_files+=("$work/hf-$preset-$dtype.json")
+  done
+done
 
-echo "== transformers peer ($threads threads) =="
-"$python" bench/hf_peer.py measure --models-dir "$models_dir" "${common[@]}" \
-  --out "$work/hf.json"
-
-command="make bench"
-for var in BENCH_THREADS BENCH_REPS BENCH_PRESETS BENCH_DTYPES; do
+# The command as typed: `make bench` sets MAKELEVEL for its recipes.
+command="bench/run.sh"
+if [ -n "${MAKELEVEL:-}" ]; then command="make bench"; fi
+for var in BENCH_THREADS BENCH_REPS BENCH_PRESETS BENCH_DTYPES BENCH_BIN_DIR BENCH_PYTHON; do
   if [ -n "${!var:-}" ]; then command="$var=${!var} $command"; fi
 done
 echo "== report =="
-python3 bench/report.py --engine "$work/engine.json" --hf "$work/hf.json" \
+python3 bench/report.py --engine "${engine_files[@]}" --hf "${hf_files[@]}" \
   --results-dir "$results_dir" --command "$command" --kernels "$kernels_out"

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/model/convert.h"
+#include "engine/model/gguf_weights.h"
 #include "engine/model/safetensors.h"
 #include "engine/util/check.h"
 #include "engine/util/json_util.h"
@@ -324,6 +325,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(
     return absl::InvalidArgumentError(absl::StrCat(
         model_dir, ": f16 matrices are not supported; request f32 or bf16"));
   }
+  if (IsGgufModelPath(model_dir)) return LoadGgufWeights(model_dir, options);
   LS_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
   LS_ASSIGN_OR_RETURN(TensorSet set, OpenModelTensors(model_dir));
 

@@ -59,7 +59,8 @@ struct LoadOptions {
 };
 
 // Loads a Hugging Face model directory: config.json (+ generation_config.json),
-// model.safetensors or model.safetensors.index.json with its shards.
+// model.safetensors or model.safetensors.index.json with its shards. A
+// regular file ending in ".gguf" is loaded with LoadGgufWeights instead.
 // Every tensor is validated (present, dtype, shape against the config, bytes
 // inside the file); errors name the file, the tensor and the reason.
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(

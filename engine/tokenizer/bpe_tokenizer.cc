@@ -428,7 +428,7 @@ class BpeTokenizer : public TemplatedTokenizer {
   std::vector<NormalizerStep> normalizers_;
   std::vector<PreTokenizerStep> pre_tokenizers_;
   bool byte_level_ = false;  // Words are byte-mapped (GPT-2 bytes_to_unicode).
-  std::array<int32_t, 256> byte_level_ids_{};  // Byte -> id of its mapped char.
+  std::array<int32_t, 256> byte_level_ids_{};  // Byte -> id of its char, or -1.
   std::array<int32_t, 256> fallback_ids_{};    // Byte -> id of <0xNN>, or -1.
   bool byte_fallback_ = false;
   bool fuse_unk_ = false;
@@ -670,13 +670,11 @@ absl::Status BpeTokenizer::Load(const json& root, const std::string& source) {
     for (int b = 0; b < 256; ++b) {
       std::string ch;
       unicode::AppendUtf8(table[b], &ch);
+      // Some vocabularies (SmolLM2) lack a few control bytes and bytes that
+      // never occur in UTF-8; HF's BPE turns such a byte into unk_token, or
+      // drops it without one, and so does InitialSymbols.
       auto it = vocab_.find(ch);
-      if (it == vocab_.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(source, ": byte-level vocab lacks the token \"", ch,
-                         "\" for byte ", b));
-      }
-      byte_level_ids_[b] = it->second;
+      byte_level_ids_[b] = it == vocab_.end() ? -1 : it->second;
     }
   }
   for (int b = 0; b < 256; ++b) {
@@ -804,8 +802,17 @@ std::vector<Piece> BpeTokenizer::PreTokenize(std::string text,
 void BpeTokenizer::InitialSymbols(absl::string_view word,
                                   std::vector<int32_t>* symbols) const {
   if (byte_level_) {
-    for (char c : word)
-      symbols->push_back(byte_level_ids_[static_cast<uint8_t>(c)]);
+    bool previous_unk = false;
+    for (char c : word) {
+      const int32_t id = byte_level_ids_[static_cast<uint8_t>(c)];
+      if (id >= 0) {
+        symbols->push_back(id);
+        previous_unk = false;
+      } else if (unk_id_ >= 0) {
+        if (!(fuse_unk_ && previous_unk)) symbols->push_back(unk_id_);
+        previous_unk = true;
+      }
+    }
     return;
   }
   bool previous_unk = false;

@@ -6,6 +6,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "engine/model/gguf.h"
+#include "engine/tokenizer/gguf_tokenizer.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/util/json_util.h"
 #include "engine/util/mapped_file.h"
@@ -90,6 +92,10 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromTemplateText(
 
 absl::StatusOr<ChatTemplate> ChatTemplate::FromModelDir(
     const std::string& model_dir) {
+  if (IsGgufPath(model_dir)) {
+    LS_ASSIGN_OR_RETURN(const GgufFile file, GgufFile::Open(model_dir));
+    return LoadGgufChatTemplate(file);
+  }
   const std::string config_path = model_dir + "/tokenizer_config.json";
   const std::string jinja_path = model_dir + "/chat_template.jinja";
   std::error_code error;

@@ -11,8 +11,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/model/gguf.h"
 #include "engine/tokenizer/added_tokens.h"
 #include "engine/tokenizer/bpe_tokenizer.h"
+#include "engine/tokenizer/gguf_tokenizer.h"
 #include "engine/tokenizer/sentencepiece_tokenizer.h"
 #include "engine/tokenizer/unicode.h"
 #include "engine/util/check.h"
@@ -263,6 +265,10 @@ class ByteTokenizer : public Tokenizer {
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(
     const std::string& model_dir) {
+  if (IsGgufPath(model_dir)) {
+    LS_ASSIGN_OR_RETURN(const GgufFile file, GgufFile::Open(model_dir));
+    return LoadGgufTokenizer(file);
+  }
   std::error_code error;
   if (!std::filesystem::is_directory(model_dir, error)) {
     return absl::NotFoundError(

@@ -64,6 +64,8 @@ class Tokenizer {
 // add_bos_token / add_eos_token in tokenizer_config.json, when present,
 // decide what Encode(.., add_special_tokens=true) adds (SentencePiece
 // models default to BOS, as LlamaTokenizer does).
+// `model_dir` may also be a .gguf file: the tokenizer comes from its
+// tokenizer.ggml.* metadata (engine/tokenizer/gguf_tokenizer.h).
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(
     const std::string& model_dir);
 
@@ -107,6 +109,7 @@ class ChatTemplate {
   // NotFound when the model has no chat template.
   // Reads chat_template from tokenizer_config.json (a string, or a list of
   // {name, template} where "default" wins), else chat_template.jinja.
+  // `model_dir` may also be a .gguf file (tokenizer.chat_template).
   static absl::StatusOr<ChatTemplate> FromModelDir(
       const std::string& model_dir);
   // Detects the style of Jinja `template_text`; Unimplemented when it is none

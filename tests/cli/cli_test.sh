@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end checks of build/bin/litestage-run as a user calls it.
 # Usage: cli_test.sh BIN_DIR   (LITESTAGE_SHARED: shared models; required
-# when set, the real-model checks are skipped only when it is unset.)
+# when set, the real-model checks are skipped only when it is unset.
+# LITESTAGE_DEFAULT_GGUF: the default GGUF model from
+# scripts/fetch-default-model.sh; the same rule.)
 set -uo pipefail
 bin="${1:?usage: cli_test.sh BIN_DIR}/litestage-run"
 failures=0
@@ -40,6 +42,23 @@ PY
   fi
 else
   echo "SKIP: LITESTAGE_SHARED unset, real-model checks skipped"
+fi
+
+# 1b. The default model's acceptance command: a chat question answered.
+if [ -n "${LITESTAGE_DEFAULT_GGUF:-}" ]; then
+  if [ ! -f "$LITESTAGE_DEFAULT_GGUF" ]; then
+    fail "LITESTAGE_DEFAULT_GGUF=$LITESTAGE_DEFAULT_GGUF is set but missing"
+  else
+    out="$("$bin" --model "$LITESTAGE_DEFAULT_GGUF" --chat --prompt "What is the capital of France?" \
+            --max-new-tokens 16 --temperature 0 2>/dev/null)"
+    if [[ "$out" == *Paris* ]]; then
+      pass "default GGUF model answers the France question with Paris: [$out]"
+    else
+      fail "default GGUF model's answer lacks Paris: [$out]"
+    fi
+  fi
+else
+  echo "SKIP: LITESTAGE_DEFAULT_GGUF unset, default-model check skipped"
 fi
 
 # 2. Synthetic models work anywhere and say so.

@@ -1,0 +1,397 @@
+#include "engine/model/gguf_weights.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/model/convert.h"
+#include "engine/model/dequantize.h"
+#include "engine/model/safetensors.h"
+#include "engine/util/check.h"
+#include "engine/util/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace litestage {
+namespace {
+
+using nlohmann::json;
+
+// An optional key: its value, `fallback` when absent, the error otherwise.
+absl::StatusOr<int64_t> IntOr(const GgufFile& file, const std::string& key,
+                              int64_t fallback) {
+  if (file.Find(key) == nullptr) return fallback;
+  return file.GetInt(key);
+}
+absl::StatusOr<double> FloatOr(const GgufFile& file, const std::string& key,
+                               double fallback) {
+  if (file.Find(key) == nullptr) return fallback;
+  return file.GetFloat(key);
+}
+
+absl::Status Unsupported(const GgufFile& file, absl::string_view what) {
+  return absl::UnimplementedError(absl::StrCat(file.path(), ": ", what));
+}
+
+// Builds the checked tensors of ModelWeights from a GGUF file.
+class GgufWeightBuilder {
+ public:
+  GgufWeightBuilder(const GgufFile& file, ModelWeights& weights)
+      : file_(file), weights_(weights) {}
+
+  // The tensor `name` after checking it exists, has a type DequantizeRow
+  // supports and the shape [rows, cols] (a vector when rows == 0).
+  absl::StatusOr<const GgufTensor*> Lookup(const std::string& name,
+                                           int64_t rows, int64_t cols) {
+    const std::vector<int64_t> dims =
+        rows == 0 ? std::vector<int64_t>{cols}
+                  : std::vector<int64_t>{cols, rows};  // GGUF order.
+    const GgufTensor* tensor = file_.FindTensor(name);
+    if (tensor == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat(file_.path(), ": missing tensor '", name,
+                       "' (expected GGUF dims ", ShapeToString(dims), ")"));
+    }
+    used_.insert(name);
+    if (!IsDequantizeSupported(tensor->type)) {
+      return absl::UnimplementedError(absl::StrCat(
+          file_.path(), ": tensor '", name, "' has type ",
+          GgufTypeName(tensor->type),
+          ", which litestage cannot dequantize (supported: F32, F16, BF16, "
+          "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"));
+    }
+    if (tensor->dims != dims) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file_.path(), ": tensor '", name, "' has GGUF dims ",
+                       ShapeToString(tensor->dims),
+                       " but the metadata implies ", ShapeToString(dims)));
+    }
+    return tensor;
+  }
+
+  bool Has(const std::string& name) const {
+    return file_.FindTensor(name) != nullptr;
+  }
+
+  absl::StatusOr<Tensor> Vector(const std::string& name, int64_t size) {
+    LS_ASSIGN_OR_RETURN(const GgufTensor* stored, Lookup(name, 0, size));
+    return Dequantize(*stored, 1, size, DType::kF32, 0);
+  }
+
+  // A [rows, cols] matrix in `dtype`. With head_dim > 0 the rows of each
+  // head are de-interleaved (see UndoRopePermutation).
+  absl::StatusOr<Tensor> Matrix(const std::string& name, int64_t rows,
+                                int64_t cols, DType dtype,
+                                int64_t head_dim = 0) {
+    LS_ASSIGN_OR_RETURN(const GgufTensor* stored, Lookup(name, rows, cols));
+    const bool same_type =
+        (stored->type == GgufType::kF32 && dtype == DType::kF32) ||
+        (stored->type == GgufType::kBF16 && dtype == DType::kBF16);
+    const auto address = reinterpret_cast<uintptr_t>(stored->data);
+    if (same_type && head_dim == 0 && address % DTypeSize(dtype) == 0) {
+      return Tensor{dtype, {rows, cols}, stored->data};
+    }
+    return Dequantize(*stored, rows, cols, dtype, head_dim);
+  }
+
+  std::vector<std::string> Unused() const {
+    std::vector<std::string> names;
+    for (const GgufTensor& tensor : file_.tensors()) {
+      if (!used_.contains(tensor.name)) names.push_back(tensor.name);
+    }
+    return names;
+  }
+
+ private:
+  // llama.cpp's converter reorders each head's Q/K rows from Hugging Face's
+  // rotate_half layout (first half, second half) to interleaved pairs: GGUF
+  // row 2k + c of a head holds HF row c * head_dim / 2 + k. This maps an HF
+  // row back to the GGUF row holding it.
+  static int64_t SourceRow(int64_t row, int64_t head_dim) {
+    if (head_dim == 0) return row;
+    const int64_t half = head_dim / 2;
+    const int64_t head = row / head_dim;
+    const int64_t within = row % head_dim;
+    const int64_t c = within / half;
+    const int64_t k = within % half;
+    return head * head_dim + 2 * k + c;
+  }
+
+  Tensor Dequantize(const GgufTensor& stored, int64_t rows, int64_t cols,
+                    DType dtype, int64_t head_dim) {
+    const GgufTypeInfo* info =
+        FindGgufTypeInfo(static_cast<uint32_t>(stored.type));
+    LS_CHECK(info != nullptr);
+    const size_t row_bytes =
+        static_cast<size_t>(cols / info->block_elements * info->block_bytes);
+    Tensor tensor{dtype, {rows, cols}, nullptr};
+    if (stored.dims.size() == 1) tensor.shape = {cols};  // A vector.
+    const size_t count = static_cast<size_t>(rows * cols);
+    std::unique_ptr<uint8_t[]> buffer =
+        AllocateWeightBuffer(count * DTypeSize(dtype));
+    uint8_t* out = buffer.get();
+    ParallelForChunks(
+        static_cast<size_t>(rows), 16, [&](size_t begin, size_t end) {
+          std::vector<float> scratch(dtype == DType::kF32 ? 0 : cols);
+          for (size_t row = begin; row < end; ++row) {
+            const int64_t source =
+                SourceRow(static_cast<int64_t>(row), head_dim);
+            float* destination =
+                dtype == DType::kF32
+                    ? reinterpret_cast<float*>(out) + row * cols
+                    : scratch.data();
+            // Validated above: the type is supported and cols is a whole
+            // number of blocks, so this cannot fail.
+            const absl::Status status =
+                DequantizeRow(stored.type, stored.data + source * row_bytes,
+                              cols, destination);
+            LS_CHECK(status.ok()) << status.message();
+            if (dtype != DType::kF32) {
+              ConvertElements(scratch.data(), DType::kF32,
+                              out + row * cols * DTypeSize(dtype), dtype,
+                              static_cast<size_t>(cols));
+            }
+          }
+        });
+    tensor.data = buffer.get();
+    weights_.owned_buffers.push_back(std::move(buffer));
+    return tensor;
+  }
+
+  const GgufFile& file_;
+  ModelWeights& weights_;
+  std::set<std::string> used_;
+};
+
+}  // namespace
+
+bool IsGgufModelPath(const std::string& path) {
+  std::error_code error;
+  return absl::EndsWith(path, ".gguf") &&
+         std::filesystem::is_regular_file(path, error);
+}
+
+absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& file) {
+  LS_ASSIGN_OR_RETURN(const std::string arch,
+                      file.GetString("general.architecture"));
+  std::string architecture;
+  if (arch == "llama") {
+    architecture = "LlamaForCausalLM";
+  } else if (arch == "qwen2") {
+    architecture = "Qwen2ForCausalLM";
+  } else if (arch == "qwen3") {
+    architecture = "Qwen3ForCausalLM";
+  } else {
+    return Unsupported(file, absl::StrCat("general.architecture '", arch,
+                                          "' is not supported (supported: "
+                                          "llama, qwen2, qwen3)"));
+  }
+  const std::string p = arch + ".";
+  json document = json::object();
+  document["architectures"] = json::array({architecture});
+  LS_ASSIGN_OR_RETURN(const int64_t hidden,
+                      file.GetInt(p + "embedding_length"));
+  LS_ASSIGN_OR_RETURN(const int64_t heads,
+                      file.GetInt(p + "attention.head_count"));
+  document["hidden_size"] = hidden;
+  document["num_attention_heads"] = heads;
+  LS_ASSIGN_OR_RETURN(document["intermediate_size"],
+                      file.GetInt(p + "feed_forward_length"));
+  LS_ASSIGN_OR_RETURN(document["num_hidden_layers"],
+                      file.GetInt(p + "block_count"));
+  LS_ASSIGN_OR_RETURN(document["num_key_value_heads"],
+                      IntOr(file, p + "attention.head_count_kv", heads));
+  // key_length is the head dim when it is not hidden / heads (Qwen3).
+  if (file.Find(p + "attention.key_length") != nullptr) {
+    LS_ASSIGN_OR_RETURN(const int64_t key_length,
+                        file.GetInt(p + "attention.key_length"));
+    LS_ASSIGN_OR_RETURN(const int64_t value_length,
+                        IntOr(file, p + "attention.value_length", key_length));
+    if (value_length != key_length) {
+      return Unsupported(
+          file,
+          absl::StrCat("key '", p, "attention.value_length' (", value_length,
+                       ") differs from key_length (", key_length, ")"));
+    }
+    document["head_dim"] = key_length;
+  }
+  if (file.Find(p + "context_length") != nullptr) {
+    LS_ASSIGN_OR_RETURN(document["max_position_embeddings"],
+                        file.GetInt(p + "context_length"));
+  }
+  LS_ASSIGN_OR_RETURN(document["rms_norm_eps"],
+                      file.GetFloat(p + "attention.layer_norm_rms_epsilon"));
+  LS_ASSIGN_OR_RETURN(document["rope_theta"],
+                      FloatOr(file, p + "rope.freq_base", 10000.0));
+  if (file.Find(p + "rope.scaling.type") != nullptr) {
+    LS_ASSIGN_OR_RETURN(const std::string type,
+                        file.GetString(p + "rope.scaling.type"));
+    if (type == "linear") {
+      LS_ASSIGN_OR_RETURN(const double factor,
+                          file.GetFloat(p + "rope.scaling.factor"));
+      document["rope_scaling"] = {{"rope_type", "linear"}, {"factor", factor}};
+    } else if (type != "none") {
+      return Unsupported(file,
+                         absl::StrCat("key '", p, "rope.scaling.type': '", type,
+                                      "' is not supported (none, "
+                                      "linear)"));
+    }
+  }
+  if (file.FindTensor("rope_freqs.weight") != nullptr) {
+    return Unsupported(file,
+                       "tensor 'rope_freqs.weight' (per-dimension rope "
+                       "frequency factors, e.g. Llama 3.1 scaling) is not "
+                       "supported");
+  }
+
+  int64_t vocab = 0;
+  if (file.Find(p + "vocab_size") != nullptr) {
+    LS_ASSIGN_OR_RETURN(vocab, file.GetInt(p + "vocab_size"));
+  } else if (file.Find("tokenizer.ggml.tokens") != nullptr) {
+    LS_ASSIGN_OR_RETURN(vocab, file.GetArrayLength("tokenizer.ggml.tokens"));
+  } else if (const GgufTensor* embed = file.FindTensor("token_embd.weight");
+             embed != nullptr && embed->dims.size() == 2) {
+    vocab = embed->dims[1];
+  }
+  document["vocab_size"] = vocab;
+  document["tie_word_embeddings"] = file.FindTensor("output.weight") == nullptr;
+  if (file.Find("tokenizer.ggml.bos_token_id") != nullptr) {
+    LS_ASSIGN_OR_RETURN(document["bos_token_id"],
+                        file.GetInt("tokenizer.ggml.bos_token_id"));
+  }
+  // llama.cpp stops at EOS and at EOT (end of turn) when they differ.
+  json eos = json::array();
+  for (const char* key :
+       {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"}) {
+    if (file.Find(key) == nullptr) continue;
+    LS_ASSIGN_OR_RETURN(const int64_t id, file.GetInt(key));
+    if (std::find(eos.begin(), eos.end(), json(id)) == eos.end()) {
+      eos.push_back(id);
+    }
+  }
+  if (!eos.empty()) document["eos_token_id"] = eos;
+
+  LS_ASSIGN_OR_RETURN(ModelConfig config,
+                      ParseModelConfig(document, file.path()));
+  if (file.Find(p + "rope.dimension_count") != nullptr) {
+    LS_ASSIGN_OR_RETURN(const int64_t rope_dims,
+                        file.GetInt(p + "rope.dimension_count"));
+    if (rope_dims != config.head_dim) {
+      return Unsupported(
+          file, absl::StrCat("key '", p, "rope.dimension_count' is ", rope_dims,
+                             " but the head dim is ", config.head_dim,
+                             " (partial rotary embeddings are not supported)"));
+    }
+  }
+  config.torch_dtype = "gguf";
+  return config;
+}
+
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGgufWeights(
+    const std::string& path, const LoadOptions& options) {
+  if (options.matrix_dtype && *options.matrix_dtype == DType::kF16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": f16 matrices are not supported; request f32 or bf16"));
+  }
+  LS_ASSIGN_OR_RETURN(GgufFile file, GgufFile::Open(path));
+  LS_ASSIGN_OR_RETURN(ModelConfig config, GgufModelConfig(file));
+  LS_ASSIGN_OR_RETURN(const std::string arch,
+                      file.GetString("general.architecture"));
+
+  auto weights = std::make_unique<ModelWeights>();
+  weights->config = config;
+  weights->source = path;
+  weights->synthetic = false;
+  GgufWeightBuilder builder(file, *weights);
+
+  const int64_t hidden = config.hidden_size;
+  const int64_t inter = config.intermediate_size;
+  const int64_t q_dim = config.q_dim();
+  const int64_t kv_dim = config.kv_dim();
+  const int64_t vocab = config.vocab_size;
+  // Only the llama converter interleaves Q/K rows (Qwen's does not).
+  const int64_t rope_head_dim = arch == "llama" ? config.head_dim : 0;
+
+  DType dtype = DType::kF32;
+  if (options.matrix_dtype) {
+    dtype = *options.matrix_dtype;
+  } else {
+    LS_ASSIGN_OR_RETURN(const GgufTensor* first,
+                        builder.Lookup("blk.0.attn_q.weight", q_dim, hidden));
+    if (first->type == GgufType::kBF16) dtype = DType::kBF16;
+  }
+  weights->matrix_dtype = dtype;
+
+  LS_ASSIGN_OR_RETURN(
+      weights->embed_tokens,
+      builder.Matrix("token_embd.weight", vocab, hidden, dtype));
+  weights->layers.resize(static_cast<size_t>(config.num_hidden_layers));
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    LayerWeights& layer = weights->layers[static_cast<size_t>(i)];
+    const std::string b = absl::StrCat("blk.", i, ".");
+    LS_ASSIGN_OR_RETURN(layer.input_layernorm,
+                        builder.Vector(b + "attn_norm.weight", hidden));
+    LS_ASSIGN_OR_RETURN(
+        layer.q_proj, builder.Matrix(b + "attn_q.weight", q_dim, hidden, dtype,
+                                     rope_head_dim));
+    LS_ASSIGN_OR_RETURN(
+        layer.k_proj, builder.Matrix(b + "attn_k.weight", kv_dim, hidden, dtype,
+                                     rope_head_dim));
+    LS_ASSIGN_OR_RETURN(layer.v_proj, builder.Matrix(b + "attn_v.weight",
+                                                     kv_dim, hidden, dtype));
+    if (config.attention_bias) {
+      LS_ASSIGN_OR_RETURN(layer.q_bias,
+                          builder.Vector(b + "attn_q.bias", q_dim));
+      LS_ASSIGN_OR_RETURN(layer.k_bias,
+                          builder.Vector(b + "attn_k.bias", kv_dim));
+      LS_ASSIGN_OR_RETURN(layer.v_bias,
+                          builder.Vector(b + "attn_v.bias", kv_dim));
+    }
+    if (config.qk_norm) {
+      LS_ASSIGN_OR_RETURN(layer.q_norm, builder.Vector(b + "attn_q_norm.weight",
+                                                       config.head_dim));
+      LS_ASSIGN_OR_RETURN(layer.k_norm, builder.Vector(b + "attn_k_norm.weight",
+                                                       config.head_dim));
+    }
+    LS_ASSIGN_OR_RETURN(layer.o_proj, builder.Matrix(b + "attn_output.weight",
+                                                     hidden, q_dim, dtype));
+    LS_ASSIGN_OR_RETURN(layer.post_attention_layernorm,
+                        builder.Vector(b + "ffn_norm.weight", hidden));
+    LS_ASSIGN_OR_RETURN(layer.gate_proj, builder.Matrix(b + "ffn_gate.weight",
+                                                        inter, hidden, dtype));
+    LS_ASSIGN_OR_RETURN(layer.up_proj, builder.Matrix(b + "ffn_up.weight",
+                                                      inter, hidden, dtype));
+    LS_ASSIGN_OR_RETURN(layer.down_proj, builder.Matrix(b + "ffn_down.weight",
+                                                        hidden, inter, dtype));
+  }
+  LS_ASSIGN_OR_RETURN(weights->norm,
+                      builder.Vector("output_norm.weight", hidden));
+  if (builder.Has("output.weight")) {
+    LS_ASSIGN_OR_RETURN(weights->lm_head,
+                        builder.Matrix("output.weight", vocab, hidden, dtype));
+  } else {
+    weights->lm_head = weights->embed_tokens;
+  }
+
+  const std::vector<std::string> unused = builder.Unused();
+  if (!unused.empty()) {
+    const size_t shown = std::min<size_t>(unused.size(), 5);
+    LS_LOG(WARNING) << path << ": ignoring " << unused.size()
+                    << " tensor(s) the model does not use: "
+                    << absl::StrJoin(unused.begin(), unused.begin() + shown,
+                                     ", ")
+                    << (unused.size() > shown ? ", ..." : "");
+  }
+  // F32/BF16 matrices may be views into the mapping; its address survives
+  // the move.
+  weights->mapped_files.push_back(file.TakeMapping());
+  return weights;
+}
+
+}  // namespace litestage
