@@ -3,7 +3,7 @@
 # plus the seeds under tests/fuzz/corpus/<target>/ when present. Any crash,
 # leak or sanitizer report fails the run.
 set -euo pipefail
-dir="${1:?usage: run-fuzzers.sh BIN_DIR SECONDS}"
+dir="$(cd "${1:?usage: run-fuzzers.sh BIN_DIR SECONDS}" && pwd)"
 seconds="${2:-20}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 status=0
