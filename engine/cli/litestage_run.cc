@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
+#include "engine/model/fingerprint.h"
 #include "engine/util/flags.h"
 #include "nlohmann/json.hpp"
 
@@ -123,6 +124,7 @@ absl::Status Run() {
     nlohmann::json out;
     out["model"] = engine.Describe();
     out["synthetic"] = engine.weights().synthetic;
+    out["fingerprint"] = ComputeModelFingerprint(engine.weights()).ToString();
     out["backend"] = engine.backend().description();
     out["prompt"] = prompt;
     out["chat"] = chat;

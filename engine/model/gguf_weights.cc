@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/model/convert.h"
 #include "engine/model/dequantize.h"
+#include "engine/model/fingerprint.h"
 #include "engine/model/safetensors.h"
 #include "engine/util/check.h"
 #include "engine/util/status_macros.h"
@@ -388,6 +389,11 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGgufWeights(
                                      ", ")
                     << (unused.size() > shown ? ", ..." : "");
   }
+  for (const GgufTensor& tensor : file.tensors()) {
+    weights->source_tensors.push_back(
+        {tensor.name, GgufTypeName(tensor.type), tensor.dims});
+  }
+  SortSourceTensors(weights->source_tensors);
   // F32/BF16 matrices may be views into the mapping; its address survives
   // the move.
   weights->mapped_files.push_back(file.TakeMapping());

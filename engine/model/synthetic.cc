@@ -253,6 +253,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> MakeSyntheticWeightsForConfig(
   weights->matrix_dtype = matrix_dtype;
   weights->synthetic = true;
   weights->source = absl::StrCat("synthetic:", name);
+  weights->synthetic_seed = seed;
 
   const int64_t hidden = config.hidden_size;
   const int64_t inter = config.intermediate_size;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/model/convert.h"
+#include "engine/model/fingerprint.h"
 #include "engine/model/gguf_weights.h"
 #include "engine/model/safetensors.h"
 #include "engine/util/check.h"
@@ -345,6 +346,11 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(
                                      ", ")
                     << (unused.size() > shown ? ", ..." : "");
   }
+  for (const auto& [name, found] : set.by_name) {
+    weights->source_tensors.push_back(
+        {name, found.tensor->dtype_name, found.tensor->shape});
+  }
+  SortSourceTensors(weights->source_tensors);
   // Views point into the mappings; moving a MappedFile keeps its address.
   for (SafetensorsFile& file : set.files) {
     weights->mapped_files.push_back(file.TakeMapping());

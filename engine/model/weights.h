@@ -37,6 +37,14 @@ struct LayerWeights {
   Tensor down_proj;                 // [H, I]
 };
 
+// One tensor as the model's files describe it, before any conversion. The
+// model fingerprint hashes these, so it does not depend on the load dtype.
+struct SourceTensor {
+  std::string name;
+  std::string dtype;           // As the file names it: "BF16", "Q4_1", ...
+  std::vector<int64_t> shape;  // As the file stores it.
+};
+
 struct ModelWeights {
   ModelConfig config;
   Tensor embed_tokens;  // [V, H]
@@ -46,6 +54,10 @@ struct ModelWeights {
   DType matrix_dtype = DType::kF32;  // dtype of every matrix above.
   bool synthetic = false;            // Seeded random weights, not a real model.
   std::string source;                // Directory or "synthetic:<preset>".
+  uint64_t synthetic_seed = 0;       // Seed of synthetic weights.
+  std::vector<SourceTensor> source_tensors;  // Every tensor in the files,
+                                             // sorted by name; empty for
+                                             // synthetic weights.
 
   // Storage behind the views. Kept last so views are destroyed first.
   std::vector<MappedFile> mapped_files;

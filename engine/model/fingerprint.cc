@@ -1,0 +1,109 @@
+#include "engine/model/fingerprint.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace litestage {
+namespace {
+
+// FNV-1a, 64-bit: tiny, dependency-free and fixed forever, which is what a
+// value stored in profile files needs (not collision resistance against an
+// adversary: a profile is not a security boundary).
+uint64_t Fnv1a64(absl::string_view text) {
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 0x100000001b3ull;
+  }
+  return hash;
+}
+
+// %.17g round-trips every double, so equal configs print equally.
+std::string Number(double value) { return absl::StrFormat("%.17g", value); }
+
+const char* RopeScalingName(RopeScaling::Type type) {
+  switch (type) {
+    case RopeScaling::Type::kNone:
+      return "none";
+    case RopeScaling::Type::kLlama3:
+      return "llama3";
+    case RopeScaling::Type::kLinear:
+      return "linear";
+  }
+  return "?";
+}
+
+}  // namespace
+
+std::string CanonicalConfigText(const ModelConfig& c) {
+  std::string text;
+  const auto field = [&text](absl::string_view key, const auto& value) {
+    absl::StrAppend(&text, key, "=", value, "\n");
+  };
+  field("architecture", c.architecture);
+  field("family", ModelFamilyName(c.family));
+  field("vocab_size", c.vocab_size);
+  field("hidden_size", c.hidden_size);
+  field("intermediate_size", c.intermediate_size);
+  field("num_hidden_layers", c.num_hidden_layers);
+  field("num_attention_heads", c.num_attention_heads);
+  field("num_key_value_heads", c.num_key_value_heads);
+  field("head_dim", c.head_dim);
+  field("max_position_embeddings", c.max_position_embeddings);
+  field("rms_norm_eps", Number(c.rms_norm_eps));
+  field("rope_theta", Number(c.rope_theta));
+  field("rope_scaling", RopeScalingName(c.rope_scaling.type));
+  if (c.rope_scaling.type != RopeScaling::Type::kNone) {
+    field("rope_scaling.factor", Number(c.rope_scaling.factor));
+    field("rope_scaling.low_freq_factor",
+          Number(c.rope_scaling.low_freq_factor));
+    field("rope_scaling.high_freq_factor",
+          Number(c.rope_scaling.high_freq_factor));
+    field("rope_scaling.original_max_position_embeddings",
+          c.rope_scaling.original_max_position_embeddings);
+  }
+  field("attention_bias", c.attention_bias ? "true" : "false");
+  field("qk_norm", c.qk_norm ? "true" : "false");
+  field("tie_word_embeddings", c.tie_word_embeddings ? "true" : "false");
+  field("sliding_window", c.sliding_window);
+  return text;
+}
+
+void SortSourceTensors(std::vector<SourceTensor>& tensors) {
+  std::sort(tensors.begin(), tensors.end(),
+            [](const SourceTensor& a, const SourceTensor& b) {
+              return a.name < b.name;
+            });
+}
+
+ModelFingerprint ComputeModelFingerprint(const ModelWeights& weights) {
+  const ModelConfig& config = weights.config;
+  ModelFingerprint fingerprint;
+  fingerprint.architecture = config.architecture;
+  fingerprint.num_hidden_layers = config.num_hidden_layers;
+  fingerprint.hidden_size = config.hidden_size;
+  fingerprint.config_hash = Fnv1a64(CanonicalConfigText(config));
+  std::string table;
+  if (weights.synthetic) {
+    // Random weights are defined by their generator, not by files.
+    table = absl::StrCat(weights.source, " seed=", weights.synthetic_seed);
+  } else {
+    for (const SourceTensor& tensor : weights.source_tensors) {
+      absl::StrAppend(&table, tensor.name, " ", tensor.dtype, " [",
+                      absl::StrJoin(tensor.shape, ","), "]\n");
+    }
+  }
+  fingerprint.tensor_hash = Fnv1a64(table);
+  return fingerprint;
+}
+
+std::string ModelFingerprint::ToString() const {
+  return absl::StrFormat("%s/%dx%d/config=%016x/tensors=%016x", architecture,
+                         num_hidden_layers, hidden_size, config_hash,
+                         tensor_hash);
+}
+
+}  // namespace litestage
