@@ -148,7 +148,7 @@ absl::Status Run() {
                           nlohmann::json::error_handler_t::replace)
               << "\n";
   } else {
-    std::cout << "\n";
+    std::cout << std::endl;  // Flush before the stderr summary line.
     std::fprintf(
         stderr,
         "[litestage-run] %lld prompt + %zu generated tokens, finish=%s, "

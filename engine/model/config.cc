@@ -77,15 +77,22 @@ absl::StatusOr<std::string> ArchitectureOf(const json& document,
 absl::StatusOr<RopeScaling> ParseRopeScaling(const json& document,
                                              absl::string_view source) {
   RopeScaling scaling;
-  auto it = document.find("rope_scaling");
+  // transformers >= 5 writes one "rope_parameters" object (rope_type,
+  // rope_theta and the scaling fields) instead of "rope_scaling".
+  const char* key = "rope_scaling";
+  auto it = document.find(key);
+  if (it == document.end() || it->is_null()) {
+    key = "rope_parameters";
+    it = document.find(key);
+  }
   if (it == document.end() || it->is_null()) return scaling;
   const json& object = *it;
   if (!object.is_object()) {
-    return Invalid(source, absl::StrCat("'rope_scaling' must be an object or "
-                                        "null, got ",
-                                        object.type_name()));
+    return Invalid(source,
+                   absl::StrCat("'", key, "' must be an object or null, got ",
+                                object.type_name()));
   }
-  const std::string scaling_source = absl::StrCat(source, " rope_scaling");
+  const std::string scaling_source = absl::StrCat(source, " ", key);
   // transformers renamed "type" to "rope_type"; either may appear.
   LS_ASSIGN_OR_RETURN(std::string type,
                       JsonString(object, "rope_type", scaling_source, ""));
@@ -98,9 +105,8 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const json& document,
     LS_ASSIGN_OR_RETURN(scaling.factor,
                         JsonDouble(object, "factor", scaling_source));
     if (!(scaling.factor > 0) || !std::isfinite(scaling.factor)) {
-      return Invalid(source,
-                     absl::StrCat("rope_scaling 'factor' must be > 0, got ",
-                                  scaling.factor));
+      return Invalid(source, absl::StrCat(key, " 'factor' must be > 0, got ",
+                                          scaling.factor));
     }
     return scaling;
   }
@@ -124,7 +130,8 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const json& document,
         scaling.original_max_position_embeddings <= 0) {
       return Invalid(
           source,
-          absl::StrCat("llama3 rope_scaling needs factor > 0, 0 < "
+          absl::StrCat("llama3 ", key,
+                       " needs factor > 0, 0 < "
                        "low_freq_factor < high_freq_factor and "
                        "original_max_position_embeddings > 0; got factor ",
                        scaling.factor, ", low ", scaling.low_freq_factor,
@@ -134,7 +141,7 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const json& document,
     return scaling;
   }
   return Invalid(source,
-                 absl::StrCat("unsupported rope_scaling type '", type,
+                 absl::StrCat("unsupported ", key, " type '", type,
                               "' (supported: default, linear, llama3)"));
 }
 
@@ -300,8 +307,17 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& document,
     return Invalid(source, absl::StrCat("'rms_norm_eps' must be > 0, got ",
                                         config.rms_norm_eps));
   }
-  LS_ASSIGN_OR_RETURN(config.rope_theta,
-                      JsonDouble(document, "rope_theta", source, 10000.0));
+  double default_rope_theta = 10000.0;
+  if (auto params = document.find("rope_parameters");
+      params != document.end() && params->is_object()) {
+    LS_ASSIGN_OR_RETURN(default_rope_theta,
+                        JsonDouble(*params, "rope_theta",
+                                   absl::StrCat(source, " rope_parameters"),
+                                   default_rope_theta));
+  }
+  LS_ASSIGN_OR_RETURN(
+      config.rope_theta,
+      JsonDouble(document, "rope_theta", source, default_rope_theta));
   if (!(config.rope_theta > 0) || !std::isfinite(config.rope_theta)) {
     return Invalid(source, absl::StrCat("'rope_theta' must be > 0, got ",
                                         config.rope_theta));

@@ -106,6 +106,31 @@ TEST(ConfigTest, ParsesLlama3RopeScaling) {
   EXPECT_EQ(config->rope_scaling.original_max_position_embeddings, 8192);
 }
 
+// transformers >= 5 saves rope_theta and the scaling in "rope_parameters".
+TEST(ConfigTest, ParsesTransformers5RopeParameters) {
+  json document = LlamaJson();
+  document.erase("rope_theta");
+  document["rope_parameters"] = json::parse(R"({
+    "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192})");
+  auto config = ParseModelConfig(document, kSource);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_DOUBLE_EQ(config->rope_theta, 500000.0);
+  EXPECT_EQ(config->rope_scaling.type, RopeScaling::Type::kLlama3);
+  EXPECT_DOUBLE_EQ(config->rope_scaling.factor, 8.0);
+
+  document["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e6}};
+  auto plain = ParseModelConfig(document, kSource);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_DOUBLE_EQ(plain->rope_theta, 1e6);
+  EXPECT_EQ(plain->rope_scaling.type, RopeScaling::Type::kNone);
+
+  document["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  EXPECT_THAT(std::string(ParseError(document).message()),
+              HasSubstr("rope_parameters"));
+}
+
 TEST(ConfigTest, ParsesLinearAndDefaultRopeScalingWithLegacyTypeKey) {
   json document = LlamaJson();
   document["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
