@@ -23,7 +23,8 @@
 
 ABSL_FLAG(
     std::string, model, "",
-    "Hugging Face model directory, a .gguf file, or synthetic:<preset> (random weights; "
+    "Hugging Face model directory, a .gguf file, or synthetic:<preset> (random "
+    "weights; "
     "presets: tiny, smollm2-135m, qwen2.5-0.5b, tinyllama-1.1b, qwen3-0.6b)");
 ABSL_FLAG(std::string, prompt, "", "Prompt text");
 ABSL_FLAG(int64_t, max_new_tokens, 128, "Most tokens to generate");
@@ -165,7 +166,8 @@ absl::Status Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Generates text locally with the litestage engine.\n"
-      "  litestage-run --model <dir|file.gguf|synthetic:preset> --prompt <text> "
+      "  litestage-run --model <dir|file.gguf|synthetic:preset> --prompt "
+      "<text> "
       "--max-new-tokens N\n"
       "Flags may be spelled with dashes or underscores.");
   litestage::ParseFlagsAllowingDashes(argc, argv);
