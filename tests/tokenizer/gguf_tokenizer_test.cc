@@ -1,12 +1,20 @@
-// BuildGgufTokenizer on small hand-made tokenizer.ggml.* metadata. The real
-// SmolLM2 file is covered by tests/golden/gguf_test.cc.
+// BuildGgufTokenizer on small hand-made tokenizer.ggml.* metadata, and the
+// real stories260K SentencePiece vocabulary as a GGUF (made by
+// tests/reference/make_sp_gguf_fixture.py) against the independent goldens
+// of tokenizer.model. The real SmolLM2 file is covered by
+// tests/golden/gguf_test.cc.
 #include "engine/tokenizer/gguf_tokenizer.h"
 
 #include <cstdint>
+#include <iterator>
+#include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/util/json_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -233,6 +241,84 @@ TEST(GgufTokenizerTest, LlamaByteFallbackBpeFromScores) {
   GgufTokenizerData data = TinyLlama();
   data.scores.pop_back();
   EXPECT_FALSE(BuildGgufTokenizer(data, "llama.gguf").ok());
+}
+
+// Corpus entries whose ids legitimately differ between tokenizer.model and
+// the same vocabulary read from GGUF metadata (both differences hold for
+// transformers' GGUF loader, which BuildGgufTokenizer follows; checked with
+// AutoTokenizer.from_pretrained(gguf_file=stories260K_vocab.gguf), which
+// gives litestage's ids on all of them):
+//  * Whitespace: stories260K's normalizer_spec has remove_extra_whitespaces
+//    (SentencePiece's default), so SentencePiece drops leading/trailing
+//    spaces and collapses runs before encoding. GGUF carries no normalizer
+//    spec for "llama" vocabularies, and neither llama.cpp's SPM tokenizer nor
+//    transformers applies it: every space becomes a "▁".
+//  * Text after a special token: slow LlamaTokenizer (legacy=True) encodes
+//    each span between special tokens on its own, each with SentencePiece's
+//    dummy "▁" prefix; the GGUF-built tokenizer prepends "▁" only at the
+//    start of the text (Metaspace prepend_scheme "first").
+// Decode still has to match on these.
+const char* const kGgufSemanticsDiffer[] = {
+    "  two leading spaces",
+    "trailing spaces   ",
+    "   \n\n   \t  mixed whitespace \n ",
+    "def f(x):\n    return x * 2  # comment\n",
+    "<s>Hello</s> world <s> again",
+    " ",
+    "  \n  x\ta\n\n\tb 'S 'LL I'M  'll x' 123abc \xD9\xA3\xD9\xA4 "
+    "\xC2\xBD \xC2\xA0nbsp\xE3\x80\x80ideo",
+    "<|im_end|>  <|im_start|> <|im_end|>\n\n",
+};
+
+// stories260K's tokenizer.model written as llama.cpp's convert_hf_to_gguf.py
+// writes a SentencePiece vocabulary, checked against the ids SentencePiece
+// itself gives (stories260K_encodings.json, HF slow LlamaTokenizer
+// legacy=True: every special-token-free span encoded on its own).
+TEST(GgufTokenizerTest, Stories260KVocabularyMatchesSentencePiece) {
+  const std::string golden_dir =
+      std::string(LITESTAGE_TEST_DATA_DIR) + "/golden/tokenizers";
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      LoadTokenizer(golden_dir + "/stories260K_vocab.gguf");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const Tokenizer& tok = **tokenizer;
+  EXPECT_EQ(tok.vocab_size(), 512);
+  EXPECT_EQ(tok.bos_id(), 1);
+  EXPECT_THAT(tok.eos_ids(), ElementsAre(2));
+  EXPECT_TRUE(tok.StripsLeadingSpace());
+  absl::StatusOr<nlohmann::json> golden =
+      ReadJsonFile(golden_dir + "/stories260K_encodings.json");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  ASSERT_TRUE(golden->contains("encodings"));
+  const std::set<std::string> differ(std::begin(kGgufSemanticsDiffer),
+                                     std::end(kGgufSemanticsDiffer));
+  size_t ids_checked = 0;
+  size_t differ_seen = 0;
+  for (const nlohmann::json& record : (*golden)["encodings"]) {
+    const std::string text = record["text"].get<std::string>();
+    const std::string context = nlohmann::json(text).dump();
+    const std::vector<int32_t> golden_ids =
+        record["ids_with_special"].get<std::vector<int32_t>>();
+    EXPECT_EQ(tok.Decode(golden_ids, false),
+              record["decode"].get<std::string>())
+        << context;
+    EXPECT_EQ(tok.Decode(golden_ids, true),
+              record["decode_skip_special"].get<std::string>())
+        << context;
+    if (differ.contains(text)) {
+      ++differ_seen;
+      continue;
+    }
+    absl::StatusOr<std::vector<int32_t>> ids = tok.Encode(text, false);
+    ASSERT_TRUE(ids.ok()) << context << ": " << ids.status();
+    EXPECT_EQ(*ids, record["ids"].get<std::vector<int32_t>>()) << context;
+    absl::StatusOr<std::vector<int32_t>> with_special = tok.Encode(text, true);
+    ASSERT_TRUE(with_special.ok()) << context << ": " << with_special.status();
+    EXPECT_EQ(*with_special, golden_ids) << context;
+    ++ids_checked;
+  }
+  // Every exclusion names a real corpus entry, and most entries are checked.
+  EXPECT_EQ(differ_seen, differ.size());
+  EXPECT_GE(ids_checked, 20u);
 }
 
 }  // namespace
