@@ -13,8 +13,10 @@ FUZZ_SECONDS ?= 20
 
 # Tests read shared models and data through LITESTAGE_SHARED; ctest runs in
 # the build tree, so a relative path is made absolute here.
+# `override` because .ci/run passes it on the command line.
 ifdef LITESTAGE_SHARED
-export LITESTAGE_SHARED := $(abspath $(LITESTAGE_SHARED))
+override LITESTAGE_SHARED := $(abspath $(LITESTAGE_SHARED))
+export LITESTAGE_SHARED
 endif
 
 .PHONY: all deps build debug asan test test-asan fuzz demo bench format clean
