@@ -113,8 +113,8 @@ run_litestage() {  # <label> <extra flags...>
       die "litestage-run failed; see $work/litestage-$label-$i.log"
     python3 -c 'import json, sys
 d = json.load(open(sys.argv[1]))
-print(f"  litestage {sys.argv[2]}: prefill {d[\"prefill_tokens_per_second\"]:8.1f} tok/s  "
-      f"decode {d[\"decode_tokens_per_second\"]:7.1f} tok/s")' \
+print("  litestage %s: prefill %8.1f tok/s  decode %7.1f tok/s" % (
+    sys.argv[2], d["prefill_tokens_per_second"], d["decode_tokens_per_second"]))' \
       "$work/litestage-$label-$i.json" "$label"
   done
 }

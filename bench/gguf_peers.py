@@ -108,8 +108,13 @@ def measure_llamacpp(args, prompt_ids):
         n_threads_batch=args.threads, logits_all=False, verbose=False)
     load_seconds = time.perf_counter() - load_start
 
+    n_vocab = llm.n_vocab()
+
     def last_logits():
-        return llm.scores[llm.n_tokens - 1]
+        # Llama.eval no longer copies logits into llm.scores unless
+        # logits_all; read the last position's row from the context instead.
+        pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(n_vocab,))
 
     def one_run():
         llm.reset()
@@ -234,6 +239,9 @@ def run_report(args):
     def med(row, key):
         return row[key]["median"]
 
+    def best(row, key):
+        return max(row[key]["samples"])
+
     lines = []
     out = lines.append
     out(f"# Default model (GGUF) on CPU: SmolLM2-135M-Instruct Q4_1, {threads} threads")
@@ -248,6 +256,9 @@ def run_report(args):
     out(f"* Versions: llama-cpp-python {llama['versions'].get('llama-cpp-python')}, "
         f"transformers {hf['versions'].get('transformers')}, "
         f"torch {hf['versions'].get('torch')}, Python {hf['versions'].get('python')}")
+    out(f"* Load average (1/5/15 min) when the report was written: "
+        f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} (other jobs share "
+        f"these cores; compare ratios from one run, not numbers across runs)")
     out(f"* litestage backend: {ours[0]['backend']}")
     out(f"* llama.cpp system info: `{llama.get('system_info', '')}`")
     out(f"* Work: one prompt of {ours[0]['prompt_tokens']} tokens (the same ids in "
@@ -265,13 +276,19 @@ def run_report(args):
         "(dequantized to f32); llama.cpp Q4_1: llama-cpp-python on the "
         "quantized blocks.")
     out("")
+    out("Tokens/s, median of the runs (best run in brackets; on a shared "
+        "machine the best run is the one least disturbed by other load):")
+    out("")
     out("| peer | prefill tok/s | decode tok/s |")
     out("|---|---:|---:|")
     for row in ours + peers:
-        out(f"| {row['name']} | {med(row, 'prefill_tokens_per_second'):.1f} | "
-            f"{med(row, 'decode_tokens_per_second'):.1f} |")
+        out(f"| {row['name']} | {med(row, 'prefill_tokens_per_second'):.1f} "
+            f"({best(row, 'prefill_tokens_per_second'):.1f}) | "
+            f"{med(row, 'decode_tokens_per_second'):.1f} "
+            f"({best(row, 'decode_tokens_per_second'):.1f}) |")
     out("")
-    out("Ratios (ours / peer, > 1 means litestage is faster):")
+    out("Ratios (ours / peer, > 1 means litestage is faster), of the medians "
+        "and (in brackets) of the best runs:")
     out("")
     out("| ours | peer | prefill | decode |")
     out("|---|---|---:|---:|")
@@ -282,9 +299,15 @@ def run_report(args):
                        med(peer, "prefill_tokens_per_second"))
             decode = (med(mine, "decode_tokens_per_second") /
                       med(peer, "decode_tokens_per_second"))
+            best_prefill = (best(mine, "prefill_tokens_per_second") /
+                            best(peer, "prefill_tokens_per_second"))
+            best_decode = (best(mine, "decode_tokens_per_second") /
+                           best(peer, "decode_tokens_per_second"))
             ratios.append({"ours": mine["name"], "peer": peer["name"],
-                           "prefill": prefill, "decode": decode})
-            out(f"| {mine['name']} | {peer['name']} | {prefill:.2f} | {decode:.2f} |")
+                           "prefill": prefill, "decode": decode,
+                           "best_prefill": best_prefill, "best_decode": best_decode})
+            out(f"| {mine['name']} | {peer['name']} | {prefill:.2f} ({best_prefill:.2f}) | "
+                f"{decode:.2f} ({best_decode:.2f}) |")
     out("")
     if parameters:
         out("Weight bytes read per decode token (all layer matrices plus the tied "
