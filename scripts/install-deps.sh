@@ -10,7 +10,7 @@ PACKAGES=(
   libabsl-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libsentencepiece-dev libre2-dev libutf8proc-dev
-  python3 python3-venv
+  python3 python3-venv python3-pip
 )
 
 missing=()
