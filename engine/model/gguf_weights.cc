@@ -15,6 +15,7 @@
 #include "engine/model/dequantize.h"
 #include "engine/model/fingerprint.h"
 #include "engine/model/safetensors.h"
+#include "engine/model/weight_layout.h"
 #include "engine/util/check.h"
 #include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -43,8 +44,11 @@ absl::Status Unsupported(const GgufFile& file, absl::string_view what) {
 // Builds the checked tensors of ModelWeights from a GGUF file.
 class GgufWeightBuilder {
  public:
-  GgufWeightBuilder(const GgufFile& file, ModelWeights& weights)
-      : file_(file), weights_(weights) {}
+  // `rope_head_dim` > 0: the file's Q and K rows are interleaved per head of
+  // that size by llama.cpp's converter and are put back in HF order.
+  GgufWeightBuilder(const GgufFile& file, ModelWeights& weights,
+                    int64_t rope_head_dim)
+      : file_(file), weights_(weights), rope_head_dim_(rope_head_dim) {}
 
   // The tensor `name` after checking it exists, has a type DequantizeRow
   // supports and the shape [rows, cols] (a vector when rows == 0).
@@ -85,12 +89,15 @@ class GgufWeightBuilder {
     return Dequantize(*stored, 1, size, DType::kF32, 0);
   }
 
-  // A [rows, cols] matrix in `dtype`. With head_dim > 0 the rows of each
-  // head are de-interleaved (see UndoRopePermutation).
+  // A [rows, cols] matrix in `dtype`; Q and K rows de-interleaved when the
+  // converter interleaved them (see SourceRow).
   absl::StatusOr<Tensor> Matrix(const std::string& name, int64_t rows,
-                                int64_t cols, DType dtype,
-                                int64_t head_dim = 0) {
+                                int64_t cols, DType dtype) {
     LS_ASSIGN_OR_RETURN(const GgufTensor* stored, Lookup(name, rows, cols));
+    const bool interleaved =
+        absl::EndsWith(name, absl::StrCat(".", kGgufTensorNames.q_proj)) ||
+        absl::EndsWith(name, absl::StrCat(".", kGgufTensorNames.k_proj));
+    const int64_t head_dim = interleaved ? rope_head_dim_ : 0;
     const bool same_type =
         (stored->type == GgufType::kF32 && dtype == DType::kF32) ||
         (stored->type == GgufType::kBF16 && dtype == DType::kBF16);
@@ -168,6 +175,7 @@ class GgufWeightBuilder {
   const GgufFile& file_;
   ModelWeights& weights_;
   std::set<std::string> used_;
+  const int64_t rope_head_dim_;
 };
 
 }  // namespace
@@ -309,76 +317,22 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGgufWeights(
   weights->config = config;
   weights->source = path;
   weights->synthetic = false;
-  GgufWeightBuilder builder(file, *weights);
-
-  const int64_t hidden = config.hidden_size;
-  const int64_t inter = config.intermediate_size;
-  const int64_t q_dim = config.q_dim();
-  const int64_t kv_dim = config.kv_dim();
-  const int64_t vocab = config.vocab_size;
   // Only the llama converter interleaves Q/K rows (Qwen's does not).
-  const int64_t rope_head_dim = arch == "llama" ? config.head_dim : 0;
-
-  DType dtype = DType::kF32;
+  GgufWeightBuilder builder(file, *weights,
+                            arch == "llama" ? config.head_dim : 0);
+  DType dtype = DType::kF32;  // Quantized blocks dequantize exactly to f32.
   if (options.matrix_dtype) {
     dtype = *options.matrix_dtype;
   } else {
-    LS_ASSIGN_OR_RETURN(const GgufTensor* first,
-                        builder.Lookup("blk.0.attn_q.weight", q_dim, hidden));
+    LS_ASSIGN_OR_RETURN(
+        const GgufTensor* first,
+        builder.Lookup(absl::StrCat(kGgufTensorNames.layer_prefix, "0.",
+                                    kGgufTensorNames.q_proj),
+                       config.q_dim(), config.hidden_size));
     if (first->type == GgufType::kBF16) dtype = DType::kBF16;
   }
-  weights->matrix_dtype = dtype;
-
-  LS_ASSIGN_OR_RETURN(
-      weights->embed_tokens,
-      builder.Matrix("token_embd.weight", vocab, hidden, dtype));
-  weights->layers.resize(static_cast<size_t>(config.num_hidden_layers));
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
-    LayerWeights& layer = weights->layers[static_cast<size_t>(i)];
-    const std::string b = absl::StrCat("blk.", i, ".");
-    LS_ASSIGN_OR_RETURN(layer.input_layernorm,
-                        builder.Vector(b + "attn_norm.weight", hidden));
-    LS_ASSIGN_OR_RETURN(
-        layer.q_proj, builder.Matrix(b + "attn_q.weight", q_dim, hidden, dtype,
-                                     rope_head_dim));
-    LS_ASSIGN_OR_RETURN(
-        layer.k_proj, builder.Matrix(b + "attn_k.weight", kv_dim, hidden, dtype,
-                                     rope_head_dim));
-    LS_ASSIGN_OR_RETURN(layer.v_proj, builder.Matrix(b + "attn_v.weight",
-                                                     kv_dim, hidden, dtype));
-    if (config.attention_bias) {
-      LS_ASSIGN_OR_RETURN(layer.q_bias,
-                          builder.Vector(b + "attn_q.bias", q_dim));
-      LS_ASSIGN_OR_RETURN(layer.k_bias,
-                          builder.Vector(b + "attn_k.bias", kv_dim));
-      LS_ASSIGN_OR_RETURN(layer.v_bias,
-                          builder.Vector(b + "attn_v.bias", kv_dim));
-    }
-    if (config.qk_norm) {
-      LS_ASSIGN_OR_RETURN(layer.q_norm, builder.Vector(b + "attn_q_norm.weight",
-                                                       config.head_dim));
-      LS_ASSIGN_OR_RETURN(layer.k_norm, builder.Vector(b + "attn_k_norm.weight",
-                                                       config.head_dim));
-    }
-    LS_ASSIGN_OR_RETURN(layer.o_proj, builder.Matrix(b + "attn_output.weight",
-                                                     hidden, q_dim, dtype));
-    LS_ASSIGN_OR_RETURN(layer.post_attention_layernorm,
-                        builder.Vector(b + "ffn_norm.weight", hidden));
-    LS_ASSIGN_OR_RETURN(layer.gate_proj, builder.Matrix(b + "ffn_gate.weight",
-                                                        inter, hidden, dtype));
-    LS_ASSIGN_OR_RETURN(layer.up_proj, builder.Matrix(b + "ffn_up.weight",
-                                                      inter, hidden, dtype));
-    LS_ASSIGN_OR_RETURN(layer.down_proj, builder.Matrix(b + "ffn_down.weight",
-                                                        hidden, inter, dtype));
-  }
-  LS_ASSIGN_OR_RETURN(weights->norm,
-                      builder.Vector("output_norm.weight", hidden));
-  if (builder.Has("output.weight")) {
-    LS_ASSIGN_OR_RETURN(weights->lm_head,
-                        builder.Matrix("output.weight", vocab, hidden, dtype));
-  } else {
-    weights->lm_head = weights->embed_tokens;
-  }
+  LS_RETURN_IF_ERROR(
+      BuildDecoderWeights(kGgufTensorNames, dtype, builder, *weights));
 
   const std::vector<std::string> unused = builder.Unused();
   if (!unused.empty()) {

@@ -15,6 +15,7 @@
 #include "engine/model/fingerprint.h"
 #include "engine/model/gguf_weights.h"
 #include "engine/model/safetensors.h"
+#include "engine/model/weight_layout.h"
 #include "engine/util/check.h"
 #include "engine/util/json_util.h"
 #include "engine/util/status_macros.h"
@@ -234,88 +235,16 @@ class WeightBuilder {
   std::set<std::string> used_;
 };
 
-absl::Status BuildWeights(const ModelConfig& config, const LoadOptions& options,
-                          WeightBuilder& builder, ModelWeights& weights) {
-  const int64_t hidden = config.hidden_size;
-  const int64_t inter = config.intermediate_size;
-  const int64_t q_dim = config.q_dim();
-  const int64_t kv_dim = config.kv_dim();
-  const int64_t vocab = config.vocab_size;
-
-  // The first layer's q_proj decides the dtype unless the caller chose one.
-  DType dtype;
-  if (options.matrix_dtype) {
-    dtype = *options.matrix_dtype;
-  } else {
-    LS_ASSIGN_OR_RETURN(
-        dtype, builder.NaturalMatrixDType(
-                   "model.layers.0.self_attn.q_proj.weight", q_dim, hidden));
-  }
-  weights.matrix_dtype = dtype;
-
-  LS_ASSIGN_OR_RETURN(
-      weights.embed_tokens,
-      builder.Matrix("model.embed_tokens.weight", vocab, hidden, dtype));
-  weights.layers.resize(static_cast<size_t>(config.num_hidden_layers));
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
-    LayerWeights& layer = weights.layers[static_cast<size_t>(i)];
-    const std::string prefix = absl::StrCat("model.layers.", i, ".");
-    const std::string attention = prefix + "self_attn.";
-    LS_ASSIGN_OR_RETURN(
-        layer.input_layernorm,
-        builder.Vector(prefix + "input_layernorm.weight", hidden));
-    LS_ASSIGN_OR_RETURN(
-        layer.q_proj,
-        builder.Matrix(attention + "q_proj.weight", q_dim, hidden, dtype));
-    LS_ASSIGN_OR_RETURN(
-        layer.k_proj,
-        builder.Matrix(attention + "k_proj.weight", kv_dim, hidden, dtype));
-    LS_ASSIGN_OR_RETURN(
-        layer.v_proj,
-        builder.Matrix(attention + "v_proj.weight", kv_dim, hidden, dtype));
-    if (config.attention_bias) {
-      LS_ASSIGN_OR_RETURN(layer.q_bias,
-                          builder.Vector(attention + "q_proj.bias", q_dim));
-      LS_ASSIGN_OR_RETURN(layer.k_bias,
-                          builder.Vector(attention + "k_proj.bias", kv_dim));
-      LS_ASSIGN_OR_RETURN(layer.v_bias,
-                          builder.Vector(attention + "v_proj.bias", kv_dim));
-    }
-    if (config.qk_norm) {
-      LS_ASSIGN_OR_RETURN(
-          layer.q_norm,
-          builder.Vector(attention + "q_norm.weight", config.head_dim));
-      LS_ASSIGN_OR_RETURN(
-          layer.k_norm,
-          builder.Vector(attention + "k_norm.weight", config.head_dim));
-    }
-    LS_ASSIGN_OR_RETURN(
-        layer.o_proj,
-        builder.Matrix(attention + "o_proj.weight", hidden, q_dim, dtype));
-    LS_ASSIGN_OR_RETURN(
-        layer.post_attention_layernorm,
-        builder.Vector(prefix + "post_attention_layernorm.weight", hidden));
-    LS_ASSIGN_OR_RETURN(
-        layer.gate_proj,
-        builder.Matrix(prefix + "mlp.gate_proj.weight", inter, hidden, dtype));
-    LS_ASSIGN_OR_RETURN(
-        layer.up_proj,
-        builder.Matrix(prefix + "mlp.up_proj.weight", inter, hidden, dtype));
-    LS_ASSIGN_OR_RETURN(
-        layer.down_proj,
-        builder.Matrix(prefix + "mlp.down_proj.weight", hidden, inter, dtype));
-  }
-  LS_ASSIGN_OR_RETURN(weights.norm,
-                      builder.Vector("model.norm.weight", hidden));
-  // A tied checkpoint normally omits lm_head; when one is stored anyway it is
-  // what the exporter meant, so it wins.
-  if (builder.Has("lm_head.weight") || !config.tie_word_embeddings) {
-    LS_ASSIGN_OR_RETURN(weights.lm_head,
-                        builder.Matrix("lm_head.weight", vocab, hidden, dtype));
-  } else {
-    weights.lm_head = weights.embed_tokens;
-  }
-  return absl::OkStatus();
+// The dtype of every matrix: the caller's choice, else the stored dtype of
+// the first layer's q_proj (F16 widened to F32, which the kernels read).
+absl::StatusOr<DType> ChooseMatrixDType(const ModelConfig& config,
+                                        const LoadOptions& options,
+                                        WeightBuilder& builder) {
+  if (options.matrix_dtype) return *options.matrix_dtype;
+  return builder.NaturalMatrixDType(
+      absl::StrCat(kHuggingFaceTensorNames.layer_prefix, "0.",
+                   kHuggingFaceTensorNames.q_proj),
+      config.q_dim(), config.hidden_size);
 }
 
 }  // namespace
@@ -335,7 +264,10 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(
   weights->source = model_dir;
   weights->synthetic = false;
   WeightBuilder builder(set, *weights);
-  LS_RETURN_IF_ERROR(BuildWeights(config, options, builder, *weights));
+  LS_ASSIGN_OR_RETURN(const DType dtype,
+                      ChooseMatrixDType(config, options, builder));
+  LS_RETURN_IF_ERROR(
+      BuildDecoderWeights(kHuggingFaceTensorNames, dtype, builder, *weights));
 
   const std::vector<std::string> unused = builder.Unused();
   if (!unused.empty()) {
