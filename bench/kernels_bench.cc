@@ -1,17 +1,19 @@
 // CPU kernel throughput next to its ceiling, measured in the same run:
 //   BM_MatMul          weights streamed per second (bytes/s) for Qwen2.5-0.5B
 //                      shapes, decode (m = 1) and prefill (m = 8, 128).
-//   BM_ReadBandwidth   sum of a 512 MiB buffer on the same pool: the memory
-//                      read ceiling a decode matvec should approach.
+//   BM_ReadBandwidth   median read bandwidth of bench/read_bandwidth.h, the
+//                      probe engine_bench measures its decode floor with.
 //   BM_MatMulReference the naive scalar loop, the peer for a speed-up ratio.
 // The kernels use cpu::ActiveIsa(); set LITESTAGE_CPU_ISA to compare levels.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <vector>
 
+#include "bench/read_bandwidth.h"
 #include "engine/cpu/cpu_features.h"
 #include "engine/cpu/matmul.h"
 #include "engine/cpu/thread_pool.h"
@@ -102,40 +104,16 @@ void BM_MatMulReference(benchmark::State& state) {
       2.0 * m * n * k * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// Args: threads.
+// Args: threads. The same probe engine_bench uses for its floor, so the
+// matmul GB/s figures compare against the figure the reports quote.
 void BM_ReadBandwidth(benchmark::State& state) {
-  constexpr int64_t kBytes = int64_t{512} << 20;
-  constexpr int64_t kWords = kBytes / sizeof(uint64_t);
-  static std::vector<uint64_t>* buffer = [] {
-    auto* words = new std::vector<uint64_t>(kWords);
-    for (int64_t i = 0; i < kWords; ++i) (*words)[i] = static_cast<uint64_t>(i);
-    return words;
-  }();
-  ThreadPool& pool = PoolWithThreads(static_cast<int>(state.range(0)));
-  constexpr int64_t kUnit = 4096;  // words per work unit: page-aligned chunks
-  constexpr int kStreams = 4;  // kUnit * units per chunk is a multiple of it
+  const int threads = static_cast<int>(state.range(0));
+  std::vector<double> passes;
   for (auto _ : state) {
-    pool.ParallelFor(kWords / kUnit, [&](int64_t begin, int64_t end) {
-      // Four concurrent streams (like the matvec's four weight rows; one
-      // stream alone gets fewer prefetches in flight and understates the
-      // peak), eight independent lanes each so -O3 vectorises the loop.
-      const int64_t stream_words = (end - begin) * kUnit / kStreams;
-      const uint64_t* data = buffer->data() + begin * kUnit;
-      uint64_t lanes[kStreams][8] = {};
-      for (int64_t i = 0; i < stream_words; i += 8) {
-        for (int s = 0; s < kStreams; ++s) {
-          for (int lane = 0; lane < 8; ++lane)
-            lanes[s][lane] += data[s * stream_words + i + lane];
-        }
-      }
-      uint64_t total = 0;
-      for (const auto& stream : lanes) {
-        for (uint64_t lane : stream) total += lane;
-      }
-      benchmark::DoNotOptimize(total);
-    });
+    passes = MeasureReadBandwidth(/*megabytes=*/512, threads, /*passes=*/5);
   }
-  state.SetBytesProcessed(state.iterations() * kBytes);
+  std::sort(passes.begin(), passes.end());
+  state.counters["read_GB/s"] = passes[passes.size() / 2] * 1e-9;
 }
 
 constexpr int64_t kF32 = 0, kBf16 = 1;
@@ -154,7 +132,7 @@ void MatMulArgs(benchmark::internal::Benchmark* bench) {
   }
 }
 
-BENCHMARK(BM_ReadBandwidth)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime();
+BENCHMARK(BM_ReadBandwidth)->ArgName("threads")->Arg(1)->Arg(2)->Iterations(1);
 BENCHMARK(BM_MatMul)->Apply(MatMulArgs)->UseRealTime();
 BENCHMARK(BM_MatMulReference)
     ->ArgNames({"m", "k", "n", "bf16"})
