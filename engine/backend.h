@@ -40,6 +40,21 @@ struct SkipSet {
 
 enum class SublayerKind : uint8_t { kAttention, kMlp };
 
+// Sub-layer executions counted per token: a chunk of n tokens through a
+// model of L layers adds n * L to attention (executed + skipped) and to mlp.
+struct SublayerCounts {
+  int64_t attention_executed = 0;
+  int64_t attention_skipped = 0;
+  int64_t mlp_executed = 0;
+  int64_t mlp_skipped = 0;
+
+  int64_t executed() const { return attention_executed + mlp_executed; }
+  int64_t skipped() const { return attention_skipped + mlp_skipped; }
+  int64_t total() const { return executed() + skipped(); }
+  SublayerCounts& operator+=(const SublayerCounts& other);
+  bool operator==(const SublayerCounts& other) const = default;
+};
+
 // Receives the residual stream around each executed sub-layer, for the
 // offline importance search (cosine similarity of input and output).
 class SublayerObserver {
@@ -78,6 +93,7 @@ struct ForwardResult {
   // Chunk i's logit rows start at first_logit_row[i]: one row for kLast,
   // tokens.size() rows for kAll, none for kNone.
   std::vector<int64_t> first_logit_row;
+  std::vector<SublayerCounts> chunk_sublayers;  // [chunks]
 };
 
 struct BackendOptions {

@@ -417,16 +417,25 @@ absl::Status CpuBackend::Forward(const ForwardBatch& batch,
 
   std::vector<int64_t> rows;
   rows.reserve(num_tokens);
-  // Rows whose sequence executes the sub-layer (skip sets are per sequence).
+  result->chunk_sublayers.assign(batch.chunks.size(), SublayerCounts{});
+  // Rows whose sequence executes the sub-layer (skip sets are per sequence);
+  // counts what each chunk executed and skipped as it goes.
   const auto executing_rows = [&](int64_t layer, SublayerKind kind) {
     rows.clear();
+    const bool attention = kind == SublayerKind::kAttention;
     for (int64_t r = 0; r < num_tokens; ++r) {
-      const SkipSet* skip = batch.chunks[row_chunk_[r]].skip;
+      const int64_t chunk = row_chunk_[r];
+      const SkipSet* skip = batch.chunks[chunk].skip;
       const bool skipped =
           skip != nullptr &&
-          (kind == SublayerKind::kAttention ? skip->skips_attention(layer)
-                                            : skip->skips_mlp(layer));
-      if (!skipped) rows.push_back(r);
+          (attention ? skip->skips_attention(layer) : skip->skips_mlp(layer));
+      SublayerCounts& counts = result->chunk_sublayers[chunk];
+      if (skipped) {
+        ++(attention ? counts.attention_skipped : counts.mlp_skipped);
+      } else {
+        rows.push_back(r);
+        ++(attention ? counts.attention_executed : counts.mlp_executed);
+      }
     }
     return !rows.empty();
   };
@@ -480,6 +489,14 @@ absl::Status CpuBackend::Forward(const ForwardBatch& batch,
 }
 
 }  // namespace
+
+SublayerCounts& SublayerCounts::operator+=(const SublayerCounts& other) {
+  attention_executed += other.attention_executed;
+  attention_skipped += other.attention_skipped;
+  mlp_executed += other.mlp_executed;
+  mlp_skipped += other.mlp_skipped;
+  return *this;
+}
 
 int64_t SkipSet::num_skipped() const {
   return std::count(attention.begin(), attention.end(), true) +

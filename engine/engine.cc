@@ -4,6 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "engine/model/fingerprint.h"
 #include "engine/util/check.h"
 #include "engine/util/status_macros.h"
 
@@ -23,6 +24,10 @@ const char* FinishReasonName(FinishReason reason) {
       return "stop";
     case FinishReason::kContext:
       return "context";
+    case FinishReason::kEarlyExit:
+      return "early_exit";
+    case FinishReason::kCancelled:
+      return "cancelled";
   }
   return "?";
 }
@@ -74,6 +79,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
   LS_ASSIGN_OR_RETURN(
       engine->backend_,
       CreateBackend(options.device, *engine->weights_, options.backend));
+  engine->fingerprint_ = ComputeModelFingerprint(*engine->weights_);
   LS_LOG(INFO) << "loaded " << engine->Describe() << " on "
                << engine->backend_->description();
   return engine;
@@ -105,15 +111,20 @@ absl::StatusOr<std::vector<int32_t>> Engine::EncodeChat(
   return tokenizer_->Encode(prompt, /*add_special_tokens=*/false);
 }
 
-absl::StatusOr<std::vector<float>> Engine::PromptLogits(
-    absl::Span<const int32_t> tokens, const SkipSet& skip) {
-  if (tokens.empty())
-    return absl::InvalidArgumentError("PromptLogits: no tokens");
+absl::Status Engine::ForwardPrompt(absl::Span<const int32_t> tokens,
+                                   const SkipSet& skip, LogitsMode logits_mode,
+                                   SublayerObserver* observer,
+                                   std::vector<float>* logits) {
+  if (tokens.empty()) return absl::InvalidArgumentError("prompt has no tokens");
+  for (int32_t token : tokens) {
+    if (token < 0 || token >= config().vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt token id ", token,
+                                                     " outside [0, ",
+                                                     config().vocab_size, ")"));
+    }
+  }
   KvBlockManager& blocks = backend_->kv_blocks();
   const SequenceId sequence = blocks.AddSequence();
-  const int64_t vocab = config().vocab_size;
-  std::vector<float> logits;
-  logits.reserve(tokens.size() * vocab);
   absl::Status status;
   for (size_t begin = 0; begin < tokens.size() && status.ok();
        begin += kMaxPrefillChunk) {
@@ -122,14 +133,31 @@ absl::StatusOr<std::vector<float>> Engine::PromptLogits(
     ForwardBatch batch;
     batch.chunks.push_back(SequenceChunk{sequence, tokens.subspan(begin, count),
                                          static_cast<int64_t>(begin), &skip,
-                                         LogitsMode::kAll});
+                                         logits_mode});
+    batch.observer = observer;
     ForwardResult result;
     status = backend_->Forward(batch, &result);
-    logits.insert(logits.end(), result.logits.begin(), result.logits.end());
+    if (logits != nullptr) {
+      logits->insert(logits->end(), result.logits.begin(), result.logits.end());
+    }
   }
   blocks.Release(sequence);
-  LS_RETURN_IF_ERROR(status);
+  return status;
+}
+
+absl::StatusOr<std::vector<float>> Engine::PromptLogits(
+    absl::Span<const int32_t> tokens, const SkipSet& skip) {
+  std::vector<float> logits;
+  logits.reserve(tokens.size() * config().vocab_size);
+  LS_RETURN_IF_ERROR(
+      ForwardPrompt(tokens, skip, LogitsMode::kAll, nullptr, &logits));
   return logits;
+}
+
+absl::Status Engine::ObservePrompt(absl::Span<const int32_t> tokens,
+                                   SublayerObserver* observer,
+                                   const SkipSet& skip) {
+  return ForwardPrompt(tokens, skip, LogitsMode::kNone, observer, nullptr);
 }
 
 absl::StatusOr<GenerationResult> Engine::Generate(

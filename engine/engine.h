@@ -13,6 +13,8 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/backend.h"
+#include "engine/early_exit.h"
+#include "engine/model/fingerprint.h"
 #include "engine/model/weights.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -34,6 +36,8 @@ enum class FinishReason : uint8_t {
   kEos,         // An EOS id was produced (not included in `tokens`).
   kStopString,  // A stop string appeared (text cut before it).
   kContext,     // The model's context length was reached.
+  kEarlyExit,   // Confidence early exit fired (LiteStage).
+  kCancelled,   // The caller stopped the sequence.
 };
 const char* FinishReasonName(FinishReason reason);
 
@@ -44,6 +48,7 @@ struct GenerationRequest {
   std::vector<std::string> stop_strings;
   bool ignore_eos = false;  // Keep generating past EOS (benchmarks, tests).
   SkipSet skip;             // Sub-layers this sequence skips.
+  EarlyExitConfig early_exit;
 };
 
 struct GenerationResult {
@@ -54,6 +59,15 @@ struct GenerationResult {
   int64_t prompt_tokens = 0;
   double prefill_seconds = 0;  // Prompt forward through the first token.
   double decode_seconds = 0;   // Every later token.
+  // kEarlyExit only: "mean max_prob 0.21 <= 0.30 over the last 8 tokens".
+  std::string early_exit_reason;
+  // Tokens this sequence fed through the model: the prompt and every
+  // sampled token but the last (the final sample, kept, EOS or dropped by
+  // early exit, is never fed back).
+  int64_t forwarded_tokens = 0;
+  // Sub-layer executions over those tokens, counted by the backend:
+  // sublayers.total() == 2 * num_layers * forwarded_tokens.
+  SublayerCounts sublayers;
 };
 
 // Called with each new piece of text of sequence `index` as it completes.
@@ -67,6 +81,8 @@ class Engine {
 
   const ModelConfig& config() const { return weights_->config; }
   const ModelWeights& weights() const { return *weights_; }
+  // Identity of the loaded model (what skip profiles are made for).
+  const ModelFingerprint& fingerprint() const { return fingerprint_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   // Null when the model has no chat template.
   const ChatTemplate* chat_template() const {
@@ -88,6 +104,12 @@ class Engine {
   // logits of every position: [tokens.size(), vocab_size] f32.
   absl::StatusOr<std::vector<float>> PromptLogits(
       absl::Span<const int32_t> tokens, const SkipSet& skip = {});
+  // Runs `tokens` through the model in a fresh sequence (computing no
+  // logits), showing `observer` the residual stream around every executed
+  // sub-layer; chunk_index is always 0.
+  absl::Status ObservePrompt(absl::Span<const int32_t> tokens,
+                             SublayerObserver* observer,
+                             const SkipSet& skip = {});
 
   // Generates for every request together: each forward step carries the
   // decode tokens of sequences past their prompt and prefill chunks (at most
@@ -104,11 +126,16 @@ class Engine {
 
  private:
   Engine() = default;
+  absl::Status ForwardPrompt(absl::Span<const int32_t> tokens,
+                             const SkipSet& skip, LogitsMode logits_mode,
+                             SublayerObserver* observer,
+                             std::vector<float>* logits);
 
   std::unique_ptr<ModelWeights> weights_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::optional<ChatTemplate> chat_template_;
   std::unique_ptr<Backend> backend_;
+  ModelFingerprint fingerprint_;
 };
 
 }  // namespace litestage

@@ -33,7 +33,8 @@ struct LiveSequence {
   LiveSequence(const GenerationRequest& request, const Tokenizer& tokenizer)
       : request(&request),
         sampler(request.sampling),
-        detokenizer(&tokenizer, /*skip_special_tokens=*/true) {
+        detokenizer(&tokenizer, /*skip_special_tokens=*/true),
+        early_exit(request.early_exit) {
     for (const std::string& stop : request.stop_strings) {
       stop_holdback =
           std::max(stop_holdback, stop.size() - (stop.empty() ? 0 : 1));
@@ -52,6 +53,7 @@ struct LiveSequence {
   // Text that could still become the start of a stop string is held back
   // from the callback.
   size_t stop_holdback = 0;
+  EarlyExitMonitor early_exit;  // Per sequence, so it resets per stage.
   bool has_first_token = false;
   Clock::time_point first_token_time;
   Clock::time_point finish_time;
@@ -72,6 +74,11 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
     if (request.prompt_tokens.empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("request ", i, ": prompt_tokens is empty"));
+    }
+    absl::Status early_exit = ValidateEarlyExitConfig(request.early_exit);
+    if (!early_exit.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("request ", i, ": ", early_exit.message()));
     }
     if (request.max_new_tokens < 0) {
       return absl::InvalidArgumentError(
@@ -127,6 +134,12 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
         std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end();
     if (is_eos && !s.request->ignore_eos) {
       r.finish_reason = FinishReason::kEos;
+      s.finished = true;
+    } else if (s.early_exit.Push(confidence,
+                                 static_cast<int64_t>(r.tokens.size()))) {
+      // LiteStage: EOS takes the place of the current token.
+      r.finish_reason = FinishReason::kEarlyExit;
+      r.early_exit_reason = s.early_exit.reason();
       s.finished = true;
     } else {
       r.tokens.push_back(token);
@@ -216,6 +229,11 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
     if (batch.chunks.empty()) break;
     ForwardResult forward;
     LS_RETURN_IF_ERROR(backend_->Forward(batch, &forward));
+    for (size_t c = 0; c < batch.chunks.size(); ++c) {
+      GenerationResult& r = live[owners[c]].result;
+      r.sublayers += forward.chunk_sublayers[c];
+      r.forwarded_tokens += static_cast<int64_t>(batch.chunks[c].tokens.size());
+    }
     for (size_t c = 0; c < batch.chunks.size(); ++c) {
       if (batch.chunks[c].logits != LogitsMode::kLast) continue;
       float* logits = forward.logits.data() +

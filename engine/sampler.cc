@@ -25,6 +25,28 @@ absl::Status ValidateSamplingParams(const SamplingParams& params) {
   return absl::OkStatus();
 }
 
+const char* ConfidenceKindName(ConfidenceKind kind) {
+  switch (kind) {
+    case ConfidenceKind::kMaxProb:
+      return "max_prob";
+    case ConfidenceKind::kMaxLogit:
+      return "max_logit";
+  }
+  return "?";
+}
+
+absl::StatusOr<ConfidenceKind> ParseConfidenceKind(absl::string_view name) {
+  if (name == "max_prob") return ConfidenceKind::kMaxProb;
+  if (name == "max_logit") return ConfidenceKind::kMaxLogit;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "confidence kind must be max_prob or max_logit, got '", name, "'"));
+}
+
+float ConfidenceValue(const TokenConfidence& confidence, ConfidenceKind kind) {
+  return kind == ConfidenceKind::kMaxLogit ? confidence.max_logit
+                                           : confidence.max_prob;
+}
+
 Sampler::Sampler(const SamplingParams& params)
     : params_(params), rng_(params.seed) {}
 

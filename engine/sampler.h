@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace litestage {
 
@@ -32,6 +34,16 @@ struct TokenConfidence {
   float max_logit = 0;  // max raw logit
   float entropy = 0;    // softmax entropy in nats
 };
+
+// Which confidence signal early exit averages.
+enum class ConfidenceKind : uint8_t {
+  kMaxProb,   // max softmax probability, in [0, 1] (default)
+  kMaxLogit,  // max raw logit (the paper's definition)
+};
+const char* ConfidenceKindName(ConfidenceKind kind);  // "max_prob"
+// "max_prob" | "max_logit"; InvalidArgument otherwise.
+absl::StatusOr<ConfidenceKind> ParseConfidenceKind(absl::string_view name);
+float ConfidenceValue(const TokenConfidence& confidence, ConfidenceKind kind);
 
 class Sampler {
  public:

@@ -1,10 +1,16 @@
 #include "engine/model/fingerprint.h"
 
 #include <algorithm>
+#include <optional>
 
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 
 namespace litestage {
 namespace {
@@ -104,6 +110,61 @@ std::string ModelFingerprint::ToString() const {
   return absl::StrFormat("%s/%dx%d/config=%016x/tensors=%016x", architecture,
                          num_hidden_layers, hidden_size, config_hash,
                          tensor_hash);
+}
+
+absl::StatusOr<ModelFingerprint> ParseModelFingerprint(absl::string_view text) {
+  const auto malformed = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed model fingerprint '", text, "': ", why,
+                     " (expected ARCHITECTURE/LAYERSxHIDDEN/config=<16 hex>/"
+                     "tensors=<16 hex>)"));
+  };
+  // Split from the right: the architecture is whatever precedes the sizes.
+  absl::string_view rest = text;
+  const auto take_last = [&rest]() -> std::optional<absl::string_view> {
+    const size_t slash = rest.rfind('/');
+    if (slash == absl::string_view::npos) return std::nullopt;
+    absl::string_view last = rest.substr(slash + 1);
+    rest = rest.substr(0, slash);
+    return last;
+  };
+  const auto parse_hash = [](absl::string_view field, absl::string_view prefix,
+                             uint64_t* hash) {
+    if (!absl::ConsumePrefix(&field, prefix) || field.size() != 16) {
+      return false;
+    }
+    for (char c : field) {
+      if (!absl::ascii_isdigit(c) && !(c >= 'a' && c <= 'f')) return false;
+    }
+    return absl::SimpleHexAtoi(field, hash);
+  };
+
+  ModelFingerprint fingerprint;
+  const std::optional<absl::string_view> tensors = take_last();
+  const std::optional<absl::string_view> config = take_last();
+  const std::optional<absl::string_view> sizes = take_last();
+  if (!tensors || !config || !sizes) return malformed("too few '/' fields");
+  if (!parse_hash(*tensors, "tensors=", &fingerprint.tensor_hash)) {
+    return malformed("bad tensors= hash");
+  }
+  if (!parse_hash(*config, "config=", &fingerprint.config_hash)) {
+    return malformed("bad config= hash");
+  }
+  const size_t x = sizes->find('x');
+  if (x == absl::string_view::npos ||
+      !absl::SimpleAtoi(sizes->substr(0, x), &fingerprint.num_hidden_layers) ||
+      !absl::SimpleAtoi(sizes->substr(x + 1), &fingerprint.hidden_size)) {
+    return malformed("bad LAYERSxHIDDEN sizes");
+  }
+  if (fingerprint.num_hidden_layers <= 0 || fingerprint.hidden_size <= 0) {
+    return malformed("sizes must be positive");
+  }
+  if (rest.empty()) return malformed("empty architecture");
+  fingerprint.architecture = std::string(rest);
+  // SimpleAtoi accepts signs, spaces and leading zeros; the canonical
+  // spelling does not.
+  if (fingerprint.ToString() != text) return malformed("not canonical");
+  return fingerprint;
 }
 
 }  // namespace litestage

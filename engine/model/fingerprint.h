@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "engine/model/weights.h"
 
 namespace litestage {
@@ -29,6 +31,12 @@ struct ModelFingerprint {
   std::string ToString() const;
   bool operator==(const ModelFingerprint& other) const = default;
 };
+
+// The inverse of ModelFingerprint::ToString (as stored in profile files).
+// InvalidArgument unless `text` is exactly what ToString prints: lowercase
+// 16-digit hashes, no sign or leading zeros in the sizes, a non-empty
+// architecture.
+absl::StatusOr<ModelFingerprint> ParseModelFingerprint(absl::string_view text);
 
 // Stable across runs, machines and litestage versions: changing what it
 // hashes invalidates every saved profile, so tests pin known values.

@@ -61,6 +61,53 @@ else
   echo "SKIP: LITESTAGE_DEFAULT_GGUF unset, default-model check skipped"
 fi
 
+# 1c. LiteStage multi-stage reasoning (the issue's acceptance flags) on the
+# default model: tinythinker with full, even:K and an early-exit override.
+if [ -n "${LITESTAGE_DEFAULT_GGUF:-}" ] && [ -f "$LITESTAGE_DEFAULT_GGUF" ]; then
+  question="A person wants to start saving money so that they can afford a nice vacation at the end of the year. After looking over their budget and expenses, they decide the best way to save money is to"
+  choices="make more phone calls|quit eating lunch out|buy less with monopoly money|have lunch with friends"
+  for variant in "full" "even:6" "even:6 --early-exit-window 4 --early-exit-threshold 0.6"; do
+    # shellcheck disable=SC2086
+    json="$("$bin" --model "$LITESTAGE_DEFAULT_GGUF" --pipeline tinythinker --question "$question" \
+             --choices "$choices" --profile $variant --stage-max-new-tokens 24 --json 2>/dev/null)"
+    if python3 - "$json" "$variant" <<'PY'
+import json, sys
+r, variant = json.loads(sys.argv[1]), sys.argv[2]
+layers = r["num_layers"]
+assert [s["name"] for s in r["stages"]] == ["recall", "analysis", "summary"], r["stages"]
+assert [b["option"] for b in r["stages"][1]["branches"]] == ["A", "B", "C", "D"]
+skipped = 0 if variant == "full" else 6
+for s in r["stages"]:
+    sub = s["sublayers"]
+    total = sum(sub.values())
+    assert total == 2 * layers * s["forwarded_tokens"], (s["name"], sub)
+    assert sub["attention_skipped"] == skipped * s["forwarded_tokens"], sub
+    assert s["skipped_mlp_layers"] == skipped
+    assert 0 < s["generated_tokens"] <= 24 * len(s["branches"])
+    assert s["prefill_seconds"] > 0 and s["seconds"] >= s["prefill_seconds"]
+    if "early-exit" in variant:
+        assert s["early_exit"] == {"enabled": True, "window": 4, "threshold": 0.6000000238418579,
+                                   "confidence": "max_prob", "min_tokens": 0}, s["early_exit"]
+    else:
+        assert not s["early_exit_fired"] and s["early_exit"]["enabled"] is False
+assert r["answer"] in ("", "A", "B", "C", "D")
+if r["answer"]:
+    assert r["answer_text"] == r["choices"]["ABCD".index(r["answer"])]
+if "early-exit" in variant:
+    assert any(s["early_exit_fired"] for s in r["stages"]), "threshold 0.6 never fired"
+PY
+    then pass "tinythinker --profile $variant: records consistent, answer [$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["answer"])' "$json")]"
+    else fail "tinythinker --profile $variant: [$json]"; fi
+  done
+  out="$("$bin" --model "$LITESTAGE_DEFAULT_GGUF" --pipeline tinythinker --question "Is the sun a star?" \
+          --profile last:2 --stage-max-new-tokens 16 2>/dev/null)"
+  if [[ "$out" == *"[recall]"*"[analysis]"*"[summary]"*"answer:"* ]]; then
+    pass "readable pipeline output lists every stage and the answer"
+  else
+    fail "readable pipeline output: [$out]"
+  fi
+fi
+
 # 2. Synthetic models work anywhere and say so.
 err="$("$bin" --model synthetic:tiny --prompt "hi" --max-new-tokens 4 2>&1 >/dev/null)"
 if [[ "$err" == *SYNTHETIC* ]]; then pass "synthetic model is labelled"; else fail "no SYNTHETIC label: $err"; fi
@@ -77,6 +124,18 @@ expect_error "missing --model" "--model" --prompt x
 expect_error "bad top-p" "top_p" --model synthetic:tiny --prompt x --top-p 1.5
 expect_error "bad dtype" "--dtype" --model synthetic:tiny --prompt x --dtype f8
 expect_error "unknown preset" "nope" --model synthetic:nope --prompt x
+expect_error "unknown pipeline" "nosuch" --model synthetic:tiny --pipeline nosuch --question q
+expect_error "bad profile spec" "even:9" --model synthetic:tiny --pipeline tinythinker \
+  --question "q?" --choices "a|b" --profile even:9
+expect_error "missing profile file" "/nonexistent/p.json" --model synthetic:tiny \
+  --pipeline tinythinker --question "q?" --choices "a|b" --profile /nonexistent/p.json
+expect_error "empty question" "question" --model synthetic:tiny --pipeline tinythinker \
+  --question "  " --choices "a|b"
+expect_error "too many choices" "choices" --model synthetic:tiny --pipeline tinythinker \
+  --question "q?" --choices "a|b|c|d|e|f"
+expect_error "bad early-exit threshold" "early-exit-threshold" --model synthetic:tiny \
+  --pipeline tinythinker --question "q?" --choices "a|b" --early-exit-window 4 \
+  --early-exit-threshold 2
 
 echo "cli_test: $failures check(s) failed"
 [ $failures -eq 0 ]

@@ -97,5 +97,52 @@ TEST(FingerprintTest, PinnedValueForTheDefaultGguf) {
   EXPECT_EQ(fingerprint, FingerprintOf(path, {DType::kBF16}));
 }
 
+TEST(FingerprintTest, ParseInvertsToString) {
+  auto weights = MakeSyntheticWeights("tiny", DType::kF32, 1);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  const ModelFingerprint fingerprint = ComputeModelFingerprint(**weights);
+  auto parsed = ParseModelFingerprint(fingerprint.ToString());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(*parsed, fingerprint);
+
+  const std::string pinned =
+      "LlamaForCausalLM/30x576/config=2c986ecd87fa1542/"
+      "tensors=a3112467b8a99834";
+  auto smollm = ParseModelFingerprint(pinned);
+  ASSERT_TRUE(smollm.ok()) << smollm.status();
+  EXPECT_EQ(smollm->architecture, "LlamaForCausalLM");
+  EXPECT_EQ(smollm->num_hidden_layers, 30);
+  EXPECT_EQ(smollm->hidden_size, 576);
+  EXPECT_EQ(smollm->config_hash, 0x2c986ecd87fa1542ull);
+  EXPECT_EQ(smollm->tensor_hash, 0xa3112467b8a99834ull);
+  EXPECT_EQ(smollm->ToString(), pinned);
+}
+
+TEST(FingerprintTest, ParseRejectsNonCanonicalText) {
+  for (const char* bad : {
+           "",
+           "LlamaForCausalLM",
+           "/30x576/config=2c986ecd87fa1542/tensors=a3112467b8a99834",
+           "Llama/30x576/config=2c986ecd87fa1542/tensors=A3112467B8A99834",
+           "Llama/30x576/config=2c986ecd87fa154/tensors=a3112467b8a99834",
+           "Llama/30x576/config=2c986ecd87fa1542/tensors=a3112467b8a998345",
+           "Llama/30x576/config=2c986ecd87fa1542/tensor=a3112467b8a99834",
+           "Llama/030x576/config=2c986ecd87fa1542/tensors=a3112467b8a99834",
+           "Llama/+30x576/config=2c986ecd87fa1542/tensors=a3112467b8a99834",
+           "Llama/-30x576/config=2c986ecd87fa1542/tensors=a3112467b8a99834",
+           "Llama/0x576/config=2c986ecd87fa1542/tensors=a3112467b8a99834",
+           "Llama/30*576/config=2c986ecd87fa1542/tensors=a3112467b8a99834",
+           "Llama/30x576/config=2c986ecd87fa1542/tensors=a3112467b8a99834/",
+       }) {
+    auto parsed = ParseModelFingerprint(bad);
+    EXPECT_FALSE(parsed.ok()) << bad;
+    if (!parsed.ok()) {
+      EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(parsed.status().message().find("malformed model fingerprint"),
+                std::string::npos);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace litestage

@@ -329,6 +329,139 @@ TEST(EngineTest, EosEndsGenerationUnlessIgnored) {
                                  free_run->tokens.begin() + first_eos));
 }
 
+// The engine's early exit on a real decode: with the threshold set just
+// above a window mean that is lower than every earlier one, generation must
+// stop exactly at that token, keeping the tokens before it.
+TEST(EngineTest, EarlyExitStopsWhereTheWindowMeanFirstReachesThreshold) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  constexpr int64_t kWindow = 4;
+  // Seeded sampling: a varied confidence trace, the same tokens every run.
+  GenerationRequest request = Greedy(Tokens(6, 3), 40);
+  request.sampling = {.temperature = 1.0f, .seed = 7};
+  auto free_run = engine->Generate(request);
+  ASSERT_TRUE(free_run.ok());
+  ASSERT_EQ(free_run->tokens.size(), 40u);
+  std::vector<double> window_mean(free_run->tokens.size(), 2.0);
+  for (size_t i = kWindow - 1; i < free_run->tokens.size(); ++i) {
+    double sum = 0;
+    for (size_t k = i + 1 - kWindow; k <= i; ++k)
+      sum += free_run->confidences[k].max_prob;
+    window_mean[i] = sum / kWindow;
+  }
+  // The first new record low of the window mean after token 8: a threshold
+  // halfway between it and every earlier mean is crossed exactly there.
+  size_t exit_at = 0;
+  double earlier_min = window_mean[kWindow - 1];
+  for (size_t i = kWindow; i < window_mean.size(); ++i) {
+    if (i >= 8 && window_mean[i] < earlier_min) {
+      exit_at = i;
+      break;
+    }
+    earlier_min = std::min(earlier_min, window_mean[i]);
+  }
+  ASSERT_NE(exit_at, 0u) << "no new low in the free run; change the prompt";
+  request.early_exit = {.window = kWindow,
+                        .threshold = static_cast<float>(
+                            (window_mean[exit_at] + earlier_min) / 2)};
+  RecordProperty("exit_at", static_cast<int>(exit_at));
+  ASSERT_LT(request.early_exit.threshold, earlier_min);
+  ASSERT_GE(request.early_exit.threshold, window_mean[exit_at]);
+  auto exited = engine->Generate(request);
+  ASSERT_TRUE(exited.ok());
+  EXPECT_EQ(exited->finish_reason, FinishReason::kEarlyExit);
+  EXPECT_EQ(exited->tokens,
+            std::vector<int32_t>(free_run->tokens.begin(),
+                                 free_run->tokens.begin() + exit_at));
+  EXPECT_THAT(exited->early_exit_reason, HasSubstr("over the last 4 tokens"));
+
+  // Threshold 1 (every max_prob is <= 1): the exit fires as soon as the
+  // window is full, not before; min_tokens holds it off further.
+  request.early_exit = {.window = kWindow, .threshold = 1.0f};
+  auto at_once = engine->Generate(request);
+  ASSERT_TRUE(at_once.ok());
+  EXPECT_EQ(at_once->tokens.size(), static_cast<size_t>(kWindow - 1));
+  request.early_exit.min_tokens = 11;
+  auto held = engine->Generate(request);
+  ASSERT_TRUE(held.ok());
+  EXPECT_EQ(held->tokens.size(), 11u);
+  EXPECT_EQ(held->finish_reason, FinishReason::kEarlyExit);
+
+  request.early_exit = {.window = -2};
+  EXPECT_THAT(engine->Generate(request).status().message(),
+              HasSubstr("early_exit.window"));
+}
+
+// A skipped attention writes no K/V at its layer; decoding through the cache
+// with that skip set must still agree with a one-shot prefill of the whole
+// sequence under the same skip set (greedy tokens are its argmaxes).
+TEST(EngineTest, SkippedDecodeMatchesSkippedPrefill) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const int64_t layers = engine->config().num_hidden_layers;
+  const int64_t vocab = engine->config().vocab_size;
+  GenerationRequest request = Greedy(Tokens(7, 4), 12);
+  request.skip.attention.assign(layers, false);
+  request.skip.mlp.assign(layers, false);
+  request.skip.attention[1] = true;
+  request.skip.mlp[0] = true;
+  auto generated = engine->Generate(request);
+  ASSERT_TRUE(generated.ok());
+  std::vector<int32_t> sequence = request.prompt_tokens;
+  sequence.insert(sequence.end(), generated->tokens.begin(),
+                  generated->tokens.end());
+  auto logits = engine->PromptLogits(sequence, request.skip);
+  ASSERT_TRUE(logits.ok());
+  const size_t prompt = request.prompt_tokens.size();
+  for (size_t i = 0; i < generated->tokens.size(); ++i) {
+    EXPECT_EQ(generated->tokens[i],
+              Argmax(logits->data() + (prompt - 1 + i) * vocab, vocab))
+        << i;
+  }
+  // And the skips really change the continuation.
+  auto plain = engine->Generate(Greedy(Tokens(7, 4), 12));
+  ASSERT_TRUE(plain.ok());
+  EXPECT_NE(plain->tokens, generated->tokens);
+}
+
+// Executed + skipped sub-layers add up to 2 x layers x tokens fed, counted
+// by the backend per sequence, with different skip sets in one batch and a
+// prompt long enough to be prefilled in several chunks.
+TEST(EngineTest, SublayerAccountingCoversEveryForwardedToken) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const int64_t layers = engine->config().num_hidden_layers;
+  ASSERT_GE(layers, 2);
+  std::vector<GenerationRequest> requests = {Greedy(Tokens(650, 1), 5),
+                                             Greedy(Tokens(9, 2), 7),
+                                             Greedy(Tokens(3, 3), 4)};
+  requests[1].skip.attention.assign(layers, false);
+  requests[1].skip.attention[1] = true;
+  requests[2].skip.mlp.assign(layers, true);
+  requests[2].skip.attention.assign(layers, false);
+  requests[2].skip.attention[0] = true;
+  auto results = engine->GenerateBatch(requests);
+  ASSERT_TRUE(results.ok());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const GenerationResult& r = (*results)[i];
+    SCOPED_TRACE(i);
+    // Finished by length: every sampled token but the last was fed back.
+    EXPECT_EQ(r.forwarded_tokens,
+              r.prompt_tokens + static_cast<int64_t>(r.tokens.size()) - 1);
+    EXPECT_EQ(r.sublayers.total(), 2 * layers * r.forwarded_tokens);
+    const int64_t skipped_attention =
+        std::count(requests[i].skip.attention.begin(),
+                   requests[i].skip.attention.end(), true);
+    const int64_t skipped_mlp = std::count(requests[i].skip.mlp.begin(),
+                                           requests[i].skip.mlp.end(), true);
+    EXPECT_EQ(r.sublayers.attention_skipped,
+              skipped_attention * r.forwarded_tokens);
+    EXPECT_EQ(r.sublayers.mlp_skipped, skipped_mlp * r.forwarded_tokens);
+    EXPECT_EQ(r.sublayers.attention_executed,
+              (layers - skipped_attention) * r.forwarded_tokens);
+  }
+}
+
 TEST(EngineTest, Bf16WeightsStayCloseToF32) {
   auto f32 = MakeTinyEngine(4096, DType::kF32);
   auto bf16 = MakeTinyEngine(4096, DType::kBF16);
