@@ -252,7 +252,7 @@ TEST(EngineTest, FullCacheIsAnErrorAndLeaksNothing) {
   auto result = engine->Generate(Greedy(Tokens(40, 1), 4));
   EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(result.status().message()),
-              HasSubstr("KV cache full"));
+              HasSubstr("KV cache full"));  // At Add: it can never fit.
   const KvBlockManager& blocks = engine->backend().kv_blocks();
   EXPECT_EQ(blocks.free_blocks(), blocks.num_blocks());
   EXPECT_EQ(blocks.num_sequences(), 0);

@@ -1,0 +1,90 @@
+// Continuous batching over sequences that arrive and leave at any time: the
+// engine side of the server's scheduler thread, and what
+// Engine::GenerateBatch runs on.
+//
+// Each Step() is one forward pass over the running sequences: a decode token
+// for each sequence past its prompt and prefill chunks (at most
+// max_prefill_tokens per step in all) for those still reading theirs.
+// Waiting sequences are admitted, first come first served, when a batch slot
+// is free and the KV cache can hold their whole prompt + max_new_tokens:
+// admission reserves that much, so a running sequence never runs out of
+// cache (no preemption needed). Skip sets are per sequence; the backend skips
+// each sub-layer for exactly the rows whose sequence skips it.
+//
+// Not thread-safe: one thread (the scheduler thread) owns it and the engine.
+#ifndef LITESTAGE_ENGINE_SCHEDULER_H_
+#define LITESTAGE_ENGINE_SCHEDULER_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/engine.h"
+
+namespace litestage {
+
+struct SchedulerOptions {
+  int64_t max_batch = 64;  // Most sequences in one forward step.
+  int64_t max_prefill_tokens = Engine::kMaxPrefillChunk;  // Per step.
+};
+
+using SequenceHandle = uint64_t;
+
+// Told about a sequence as it progresses; called on the stepping thread.
+struct SequenceCallbacks {
+  // Each new piece of generated text (stop strings held back until safe).
+  std::function<void(const std::string& piece)> on_text;
+  // Once, when the sequence finishes for any reason (including Cancel).
+  std::function<void(GenerationResult result)> on_finish;
+};
+
+class Scheduler {
+ public:
+  Scheduler(Engine* engine, const SchedulerOptions& options);
+  ~Scheduler();
+
+  // Validates `request` (InvalidArgument / OutOfRange naming the field, as
+  // GenerateBatch does; ResourceExhausted when prompt + max_new_tokens can
+  // never fit the KV cache) and queues it.
+  absl::StatusOr<SequenceHandle> Add(GenerationRequest request,
+                                     SequenceCallbacks callbacks);
+  // Ends the sequence now with FinishReason::kCancelled (its on_finish runs
+  // before Cancel returns) and frees its cache. Unknown or finished: no-op.
+  void Cancel(SequenceHandle handle);
+
+  // One forward step. Fails only on a backend error; the sequences of that
+  // step are then finished with kCancelled.
+  absl::Status Step();
+
+  bool idle() const { return running_.empty() && waiting_.empty(); }
+  int64_t num_running() const;
+  int64_t num_waiting() const;
+  // Sequences in the last step's batch.
+  int64_t last_batch_size() const { return last_batch_size_; }
+  // Fraction of KV cache blocks in use, in [0, 1].
+  double kv_cache_usage() const;
+
+ private:
+  struct Sequence;
+  void Admit();
+  void Finish(Sequence& sequence);
+
+  Engine* engine_;
+  SchedulerOptions options_;
+  SequenceHandle next_handle_ = 1;
+  std::unordered_map<SequenceHandle, std::unique_ptr<Sequence>> sequences_;
+  std::deque<SequenceHandle> waiting_;
+  std::vector<SequenceHandle> running_;
+  int64_t reserved_blocks_ = 0;
+  int64_t last_batch_size_ = 0;
+};
+
+}  // namespace litestage
+
+#endif  // LITESTAGE_ENGINE_SCHEDULER_H_

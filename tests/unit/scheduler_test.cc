@@ -1,0 +1,186 @@
+// Scheduler: sequences that arrive and leave between steps, cancellation,
+// KV-reserving admission and batch limits, on the synthetic `tiny` model.
+#include "engine/scheduler.h"
+
+#include <optional>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace litestage {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::unique_ptr<Engine> MakeTinyEngine(int64_t kv_cache_tokens = 4096) {
+  EngineOptions options;
+  options.model = "synthetic:tiny";
+  options.matrix_dtype = DType::kF32;
+  options.backend.num_threads = 2;
+  options.backend.kv_cache_tokens = kv_cache_tokens;
+  auto engine = Engine::Create(options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? *std::move(engine) : nullptr;
+}
+
+GenerationRequest Greedy(int64_t prompt_length, int32_t seed,
+                         int64_t max_new_tokens) {
+  GenerationRequest request;
+  for (int64_t i = 0; i < prompt_length; ++i) {
+    request.prompt_tokens.push_back(
+        static_cast<int32_t>((seed * 131 + i * 17) % 500));
+  }
+  request.max_new_tokens = max_new_tokens;
+  request.ignore_eos = true;
+  return request;
+}
+
+// Collects what the callbacks report for one sequence.
+struct Outcome {
+  std::optional<GenerationResult> result;
+  std::string streamed;
+  SequenceCallbacks Callbacks() {
+    return {[this](const std::string& piece) { streamed += piece; },
+            [this](GenerationResult r) { result = std::move(r); }};
+  }
+};
+
+TEST(SchedulerTest, LateArrivalsMatchRunningAlone) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  std::vector<GenerationRequest> requests = {Greedy(9, 1, 12), Greedy(30, 2, 9),
+                                             Greedy(4, 3, 15)};
+  std::vector<GenerationResult> alone;
+  for (const GenerationRequest& r : requests) {
+    auto result = engine->Generate(r);
+    ASSERT_TRUE(result.ok());
+    alone.push_back(*result);
+  }
+  Scheduler scheduler(engine.get(), {});
+  std::vector<Outcome> outcomes(requests.size());
+  // The second arrives after 3 steps, the third after 7: they join batches
+  // already decoding.
+  int step = 0;
+  size_t added = 0;
+  while (added < requests.size() || !scheduler.idle()) {
+    if ((added == 0 && step == 0) || (added == 1 && step == 3) ||
+        (added == 2 && step == 7)) {
+      ASSERT_TRUE(
+          scheduler.Add(requests[added], outcomes[added].Callbacks()).ok());
+      ++added;
+    }
+    ASSERT_TRUE(scheduler.Step().ok());
+    ++step;
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(outcomes[i].result.has_value()) << i;
+    EXPECT_EQ(outcomes[i].result->tokens, alone[i].tokens) << i;
+    EXPECT_EQ(outcomes[i].streamed, alone[i].text) << i;
+  }
+  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+}
+
+TEST(SchedulerTest, CancelFreesTheCacheAtOnce) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  Scheduler scheduler(engine.get(), {});
+  Outcome running, waiting_outcome, other;
+  auto a = scheduler.Add(Greedy(40, 1, 50), running.Callbacks());
+  auto b = scheduler.Add(Greedy(10, 2, 20), other.Callbacks());
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(scheduler.Step().ok());
+  ASSERT_TRUE(scheduler.Step().ok());
+  EXPECT_GT(scheduler.kv_cache_usage(), 0);
+  scheduler.Cancel(*a);
+  ASSERT_TRUE(running.result.has_value());
+  EXPECT_EQ(running.result->finish_reason, FinishReason::kCancelled);
+  EXPECT_EQ(scheduler.num_running(), 1);
+  scheduler.Cancel(*a);  // Idempotent.
+  while (!scheduler.idle()) ASSERT_TRUE(scheduler.Step().ok());
+  ASSERT_TRUE(other.result.has_value());
+  EXPECT_EQ(other.result->tokens.size(), 20u);
+  EXPECT_EQ(scheduler.kv_cache_usage(), 0);
+  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+
+  // Cancelling a sequence that never left the queue works too.
+  Scheduler tight(engine.get(), {.max_batch = 1});
+  auto first = tight.Add(Greedy(5, 1, 5), Outcome().Callbacks());
+  auto queued = tight.Add(Greedy(5, 2, 5), waiting_outcome.Callbacks());
+  ASSERT_TRUE(first.ok() && queued.ok());
+  ASSERT_TRUE(tight.Step().ok());
+  EXPECT_EQ(tight.num_waiting(), 1);
+  tight.Cancel(*queued);
+  ASSERT_TRUE(waiting_outcome.result.has_value());
+  EXPECT_EQ(waiting_outcome.result->finish_reason, FinishReason::kCancelled);
+  EXPECT_EQ(tight.num_waiting(), 0);
+}
+
+TEST(SchedulerTest, AdmissionReservesWholeSequences) {
+  // 64 tokens of cache: one sequence of 30 + 20 fits, two do not.
+  auto engine = MakeTinyEngine(/*kv_cache_tokens=*/64);
+  ASSERT_NE(engine, nullptr);
+  Scheduler scheduler(engine.get(), {});
+  Outcome first, second;
+  ASSERT_TRUE(scheduler.Add(Greedy(30, 1, 21), first.Callbacks()).ok());
+  ASSERT_TRUE(scheduler.Add(Greedy(30, 2, 21), second.Callbacks()).ok());
+  ASSERT_TRUE(scheduler.Step().ok());
+  EXPECT_EQ(scheduler.num_running(), 1);
+  EXPECT_EQ(scheduler.num_waiting(), 1);
+  while (!scheduler.idle()) ASSERT_TRUE(scheduler.Step().ok());
+  ASSERT_TRUE(first.result.has_value() && second.result.has_value());
+  EXPECT_EQ(first.result->tokens.size(), 21u);
+  EXPECT_EQ(second.result->tokens.size(), 21u);
+
+  auto never = scheduler.Add(Greedy(60, 3, 30), Outcome().Callbacks());
+  EXPECT_EQ(never.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(never.status().message(), HasSubstr("KV cache"));
+}
+
+TEST(SchedulerTest, BatchSizeIsBoundedAndFinishMayAddMore) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  Scheduler scheduler(engine.get(), {.max_batch = 3});
+  int finished = 0;
+  int64_t largest_batch = 0;
+  // Each finishing sequence adds a follow-up from inside on_finish (how the
+  // server chains stages), six in all.
+  std::function<void(int)> add = [&](int generation) {
+    SequenceCallbacks callbacks;
+    callbacks.on_finish = [&, generation](GenerationResult result) {
+      EXPECT_EQ(result.tokens.size(), 4u);
+      ++finished;
+      if (generation < 1) add(generation + 1);
+    };
+    ASSERT_TRUE(
+        scheduler.Add(Greedy(6, generation + 1, 4), std::move(callbacks)).ok());
+  };
+  for (int i = 0; i < 3; ++i) add(0);
+  while (!scheduler.idle()) {
+    ASSERT_TRUE(scheduler.Step().ok());
+    largest_batch = std::max(largest_batch, scheduler.last_batch_size());
+    EXPECT_LE(scheduler.last_batch_size(), 3);
+  }
+  EXPECT_EQ(finished, 6);
+  EXPECT_EQ(largest_batch, 3);
+}
+
+TEST(SchedulerTest, InvalidRequestsAreRefusedAtAdd) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  Scheduler scheduler(engine.get(), {});
+  GenerationRequest empty;
+  EXPECT_THAT(scheduler.Add(empty, {}).status().message(),
+              HasSubstr("prompt_tokens"));
+  GenerationRequest long_prompt = Greedy(2000, 1, 4);
+  EXPECT_EQ(scheduler.Add(long_prompt, {}).status().code(),
+            absl::StatusCode::kOutOfRange);
+  GenerationRequest bad_exit = Greedy(4, 1, 4);
+  bad_exit.early_exit.window = -1;
+  EXPECT_THAT(scheduler.Add(bad_exit, {}).status().message(),
+              HasSubstr("early_exit.window"));
+  EXPECT_TRUE(scheduler.idle());
+}
+
+}  // namespace
+}  // namespace litestage
