@@ -15,7 +15,9 @@
 //    questions, interleaved across --reps repetitions, and reports per
 //    configuration the median mean-request latency, its speedup over full,
 //    the tokens generated per stage, early exits and answer agreement with
-//    full. Prints a markdown table; writes every sample as JSON.
+//    full. A last row runs full without sharing the fan-out branches'
+//    common prefix (each branch re-prefills it), to show what that saves.
+//    Prints a markdown table; writes every sample as JSON.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -74,6 +76,7 @@ struct Config {
   Profile profile;
   int64_t skipped_sublayers = 0;
   bool early_exit = false;
+  bool share_fan_out_prefix = true;
 };
 
 struct Sample {
@@ -217,6 +220,7 @@ absl::Status Run() {
         request.question = q.question;
         request.choices = q.choices;
         if (configs[c].early_exit) request.early_exit_override = early_exit;
+        request.share_fan_out_prefix = configs[c].share_fan_out_prefix;
         LS_ASSIGN_OR_RETURN(
             ReasoningResult result,
             RunReasoning(*engine, pipeline, configs[c].profile, request));
@@ -228,6 +232,10 @@ absl::Status Run() {
           sample.stage_seconds[s] +=
               result.stages[s].seconds / timed_set.size();
           sample.early_exits += result.stages[s].early_exits;
+          sample.prefilled_tokens +=
+              static_cast<double>(result.stages[s].prompt_tokens -
+                                  result.stages[s].cached_prompt_tokens) /
+              timed_set.size();
         }
         sample.answers.push_back(result.answer);
       }
@@ -255,11 +263,13 @@ absl::Status Run() {
       absl::GetFlag(FLAGS_few_shot) ? "" : " (no few-shot)", timed_set.size(),
       reps, base.max_new_tokens_cap, window, threshold,
       100 * absl::GetFlag(FLAGS_early_exit_quantile));
-  std::cout << "| config | skipped sub-layers | early exit | median s/request "
-               "| speedup vs full | tokens per stage ("
-            << absl::StrJoin(stage_names, "/")
-            << ") | s per stage | early exits | answers = full |\n"
-               "|---|---|---|---|---|---|---|---|---|\n";
+  std::cout
+      << "| config | skipped sub-layers | early exit | median s/request "
+         "| speedup vs full | tokens per stage ("
+      << absl::StrJoin(stage_names, "/")
+      << ") | prompt tokens computed | s per stage | early exits | answers "
+         "= full |\n"
+         "|---|---|---|---|---|---|---|---|---|---|\n";
   nlohmann::json out;
   out["model"] = engine->Describe();
   out["fingerprint"] = engine->fingerprint().ToString();
@@ -273,12 +283,13 @@ absl::Status Run() {
   }
   out["configs"] = nlohmann::json::array();
   for (size_t c = 0; c < configs.size(); ++c) {
-    std::vector<double> seconds;
+    std::vector<double> seconds, prefilled;
     std::vector<std::string> tokens, stage_seconds;
     int64_t exits = 0;
     int64_t agree = 0, total = 0;
     for (const Sample& s : samples[c]) {
       seconds.push_back(s.seconds);
+      prefilled.push_back(s.prefilled_tokens);
       exits += s.early_exits;
       for (size_t q = 0; q < s.answers.size(); ++q) {
         agree += s.answers[q] == samples[0][0].answers[q] ? 1 : 0;
@@ -314,6 +325,7 @@ absl::Status Run() {
       config["samples"].push_back({{"seconds", s.seconds},
                                    {"stage_tokens", s.stage_tokens},
                                    {"stage_seconds", s.stage_seconds},
+                                   {"prefilled_tokens", s.prefilled_tokens},
                                    {"early_exits", s.early_exits},
                                    {"answers", s.answers}});
     }

@@ -202,6 +202,15 @@ absl::Status CpuBackend::ValidateAndReserve(const ForwardBatch& batch) {
           absl::StrCat("chunk ", c, ": start position ", chunk.start_position,
                        " leaves a gap in the sequence's cache"));
     }
+    // Blocks shared with other sequences (prefix caching) are read-only.
+    const std::vector<int32_t>& table = kv_blocks_->block_table(chunk.sequence);
+    const int64_t first_block = chunk.start_position / block_size_;
+    if (first_block < static_cast<int64_t>(table.size()) &&
+        kv_blocks_->shared(table[first_block])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", c, ": start position ", chunk.start_position,
+                       " writes into a KV block shared with another sequence"));
+    }
     blocks_needed += kv_blocks_->BlocksNeeded(chunk.sequence, end);
   }
   if (blocks_needed > kv_blocks_->free_blocks()) {

@@ -49,6 +49,10 @@ struct GenerationRequest {
   bool ignore_eos = false;  // Keep generating past EOS (benchmarks, tests).
   SkipSet skip;             // Sub-layers this sequence skips.
   EarlyExitConfig early_exit;
+  // GenerateBatch only: requests with the same non-zero group share the KV
+  // of their common prompt prefix (Scheduler::AddGroup) when their skip sets
+  // are equal; the prefix is prefilled once.
+  int64_t prefix_group = 0;
 };
 
 struct GenerationResult {
@@ -57,13 +61,16 @@ struct GenerationResult {
   std::string text;                          // Decoded, stop string cut.
   FinishReason finish_reason = FinishReason::kLength;
   int64_t prompt_tokens = 0;
+  // Prompt tokens whose KV came from another sequence (prefix caching) and
+  // were not recomputed.
+  int64_t cached_prompt_tokens = 0;
   double prefill_seconds = 0;  // Prompt forward through the first token.
   double decode_seconds = 0;   // Every later token.
   // kEarlyExit only: "mean max_prob 0.21 <= 0.30 over the last 8 tokens".
   std::string early_exit_reason;
-  // Tokens this sequence fed through the model: the prompt and every
-  // sampled token but the last (the final sample, kept, EOS or dropped by
-  // early exit, is never fed back).
+  // Tokens this sequence fed through the model: the prompt (less the cached
+  // prefix) and every sampled token but the last (the final sample, kept,
+  // EOS or dropped by early exit, is never fed back).
   int64_t forwarded_tokens = 0;
   // Sub-layer executions over those tokens, counted by the backend:
   // sublayers.total() == 2 * num_layers * forwarded_tokens.

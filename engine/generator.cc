@@ -2,6 +2,7 @@
 // Scheduler (continuous batching: each forward step carries prefill chunks
 // and decode tokens together).
 #include <algorithm>
+#include <map>
 #include <optional>
 #include <utility>
 
@@ -19,7 +20,7 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
   options.max_prefill_tokens = kMaxPrefillChunk;
   Scheduler scheduler(this, options);
   std::vector<std::optional<GenerationResult>> results(requests.size());
-  for (size_t i = 0; i < requests.size(); ++i) {
+  const auto callbacks_for = [&](size_t i) {
     SequenceCallbacks callbacks;
     if (on_text) {
       callbacks.on_text = [&on_text, i](const std::string& piece) {
@@ -29,12 +30,37 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
     callbacks.on_finish = [&results, i](GenerationResult result) {
       results[i] = std::move(result);
     };
+    return callbacks;
+  };
+  // Requests in a prefix group go in together (prefix caching); the others
+  // one by one.
+  std::map<int64_t, std::vector<size_t>> groups;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (requests[i].prefix_group != 0) {
+      groups[requests[i].prefix_group].push_back(i);
+      continue;
+    }
     absl::StatusOr<SequenceHandle> added =
-        scheduler.Add(requests[i], std::move(callbacks));
+        scheduler.Add(requests[i], callbacks_for(i));
     if (!added.ok()) {
       return absl::Status(
           added.status().code(),
           absl::StrCat("request ", i, ": ", added.status().message()));
+    }
+  }
+  for (const auto& [group, members] : groups) {
+    std::vector<GenerationRequest> group_requests;
+    std::vector<SequenceCallbacks> group_callbacks;
+    for (size_t i : members) {
+      group_requests.push_back(requests[i]);
+      group_callbacks.push_back(callbacks_for(i));
+    }
+    absl::StatusOr<std::vector<SequenceHandle>> added = scheduler.AddGroup(
+        std::move(group_requests), std::move(group_callbacks));
+    if (!added.ok()) {
+      return absl::Status(
+          added.status().code(),
+          absl::StrCat("prefix group ", group, ": ", added.status().message()));
     }
   }
   while (!scheduler.idle()) LS_RETURN_IF_ERROR(scheduler.Step());

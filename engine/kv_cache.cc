@@ -11,6 +11,7 @@ KvBlockManager::KvBlockManager(int64_t num_blocks, int64_t block_size)
     : num_blocks_(num_blocks), block_size_(block_size) {
   LS_CHECK(num_blocks >= 0 && block_size > 0);
   free_list_.reserve(num_blocks);
+  ref_counts_.assign(num_blocks, 0);
   for (int64_t b = num_blocks - 1; b >= 0; --b) {
     free_list_.push_back(static_cast<int32_t>(b));
   }
@@ -39,6 +40,7 @@ absl::Status KvBlockManager::Reserve(SequenceId sequence, int64_t num_tokens) {
   }
   for (int64_t i = 0; i < extra; ++i) {
     table.push_back(free_list_.back());
+    ref_counts_[free_list_.back()] = 1;
     free_list_.pop_back();
   }
   return absl::OkStatus();
@@ -47,8 +49,24 @@ absl::Status KvBlockManager::Reserve(SequenceId sequence, int64_t num_tokens) {
 void KvBlockManager::Release(SequenceId sequence) {
   auto it = tables_.find(sequence);
   if (it == tables_.end()) return;
-  for (int32_t block : it->second) free_list_.push_back(block);
+  for (int32_t block : it->second) {
+    if (--ref_counts_[block] == 0) free_list_.push_back(block);
+  }
   tables_.erase(it);
+}
+
+SequenceId KvBlockManager::Fork(SequenceId parent, int64_t shared_tokens) {
+  const std::vector<int32_t>& parent_table = block_table(parent);
+  LS_CHECK(shared_tokens >= 0 && shared_tokens % block_size_ == 0 &&
+           shared_tokens / block_size_ <=
+               static_cast<int64_t>(parent_table.size()))
+      << "cannot share " << shared_tokens << " tokens of sequence " << parent;
+  std::vector<int32_t> table(
+      parent_table.begin(), parent_table.begin() + shared_tokens / block_size_);
+  for (int32_t block : table) ++ref_counts_[block];
+  const SequenceId id = next_id_++;
+  tables_.emplace(id, std::move(table));
+  return id;
 }
 
 int64_t KvBlockManager::BlocksNeeded(SequenceId sequence,

@@ -36,9 +36,19 @@ class KvBlockManager {
   // the caller may free other sequences and retry.
   absl::Status Reserve(SequenceId sequence, int64_t num_tokens);
 
-  // Returns every block of `sequence` to the free list and forgets it.
-  // Unknown ids are ignored (release is idempotent).
+  // Returns every block of `sequence` to the free list (blocks shared with
+  // another sequence stay until their last owner releases them) and forgets
+  // it. Unknown ids are ignored (release is idempotent).
   void Release(SequenceId sequence);
+
+  // A new sequence whose first `shared_tokens` positions (a multiple of the
+  // block size, at most parent's capacity) are the parent's blocks, shared
+  // rather than copied: prefix caching for sequences with a common prompt
+  // prefix and skip set. Shared blocks are read-only: the parent has
+  // written them already and the child writes from shared_tokens on.
+  SequenceId Fork(SequenceId parent, int64_t shared_tokens);
+  // Whether `block` belongs to more than one sequence.
+  bool shared(int32_t block) const { return ref_counts_[block] > 1; }
 
   // Blocks Reserve(sequence, num_tokens) would take from the free list.
   int64_t BlocksNeeded(SequenceId sequence, int64_t num_tokens) const;
@@ -66,7 +76,8 @@ class KvBlockManager {
   int64_t num_blocks_;
   int64_t block_size_;
   SequenceId next_id_ = 1;
-  std::vector<int32_t> free_list_;  // LIFO: recently freed blocks are warm.
+  std::vector<int32_t> free_list_;   // LIFO: recently freed blocks are warm.
+  std::vector<int32_t> ref_counts_;  // [num_blocks] owners of each block
   std::unordered_map<SequenceId, std::vector<int32_t>> tables_;
 };
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -60,6 +61,10 @@ struct Scheduler::Sequence {
   // Text that could still become the start of a stop string is held back
   // from on_text.
   size_t stop_holdback = 0;
+  // Prefix caching: the sequence that prefills the shared prefix, and how
+  // many tokens (whole blocks) this one takes from it; unset once forked.
+  std::optional<SequenceHandle> prefix_leader;
+  int64_t shared_tokens = 0;
   bool has_first_token = false;
   Clock::time_point added_time;
   Clock::time_point admitted_time;
@@ -89,8 +94,8 @@ double Scheduler::kv_cache_usage() const {
   return engine_->backend().kv_blocks().usage_ratio();
 }
 
-absl::StatusOr<SequenceHandle> Scheduler::Add(GenerationRequest request,
-                                              SequenceCallbacks callbacks) {
+absl::StatusOr<int64_t> Scheduler::Validate(
+    const GenerationRequest& request) const {
   const ModelConfig& config = engine_->config();
   const int64_t context = config.max_position_embeddings;
   const int64_t prompt = static_cast<int64_t>(request.prompt_tokens.size());
@@ -127,15 +132,90 @@ absl::StatusOr<SequenceHandle> Scheduler::Add(GenerationRequest request,
                      request.max_new_tokens, "), the whole cache holds ",
                      blocks.num_blocks() * blocks.block_size()));
   }
+  return needed;
+}
 
+SequenceHandle Scheduler::Enqueue(GenerationRequest request,
+                                  SequenceCallbacks callbacks, int64_t blocks) {
   const SequenceHandle handle = next_handle_++;
   auto sequence = std::make_unique<Sequence>(
       std::move(request), std::move(callbacks), engine_->tokenizer());
-  sequence->reserved_blocks = needed;
+  // Reserved in full even when a prefix will be shared: conservative, and a
+  // follower whose leader is gone can still prefill everything.
+  sequence->reserved_blocks = blocks;
   sequence->added_time = Clock::now();
   sequences_.emplace(handle, std::move(sequence));
   waiting_.push_back(handle);
   return handle;
+}
+
+absl::StatusOr<SequenceHandle> Scheduler::Add(GenerationRequest request,
+                                              SequenceCallbacks callbacks) {
+  LS_ASSIGN_OR_RETURN(const int64_t blocks, Validate(request));
+  return Enqueue(std::move(request), std::move(callbacks), blocks);
+}
+
+absl::StatusOr<std::vector<SequenceHandle>> Scheduler::AddGroup(
+    std::vector<GenerationRequest> requests,
+    std::vector<SequenceCallbacks> callbacks) {
+  LS_CHECK_EQ(requests.size(), callbacks.size());
+  std::vector<int64_t> blocks(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    absl::StatusOr<int64_t> needed = Validate(requests[i]);
+    if (!needed.ok()) {
+      return absl::Status(needed.status().code(),
+                          absl::StrCat("request ", i, " of the group: ",
+                                       needed.status().message()));
+    }
+    blocks[i] = *needed;
+  }
+  // The common prefix, leaving every follower at least one token of its own
+  // to prefill (its first logits come from it), rounded down to whole blocks.
+  int64_t common = 0;
+  bool same_skips = true;
+  if (!requests.empty()) {
+    const std::vector<int32_t>& first = requests[0].prompt_tokens;
+    common = static_cast<int64_t>(first.size());
+    for (const GenerationRequest& r : requests) {
+      same_skips = same_skips && r.skip == requests[0].skip;
+      const int64_t limit = std::min<int64_t>(
+          common, static_cast<int64_t>(r.prompt_tokens.size()) - 1);
+      int64_t match = 0;
+      while (match < limit && r.prompt_tokens[match] == first[match]) ++match;
+      common = std::min(common, match);
+    }
+  }
+  const int64_t block_size = engine_->backend().kv_blocks().block_size();
+  const int64_t shared = common / block_size * block_size;
+
+  std::vector<SequenceHandle> handles;
+  handles.reserve(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    handles.push_back(
+        Enqueue(std::move(requests[i]), std::move(callbacks[i]), blocks[i]));
+    if (i > 0 && same_skips && shared > 0) {
+      Sequence& follower = *sequences_.at(handles.back());
+      follower.prefix_leader = handles[0];
+      follower.shared_tokens = shared;
+    }
+  }
+  return handles;
+}
+
+void Scheduler::TryFork(Sequence& s) {
+  if (!s.prefix_leader.has_value()) return;
+  auto leader = sequences_.find(*s.prefix_leader);
+  if (leader == sequences_.end() || !leader->second->admitted) {
+    s.prefix_leader.reset();  // Gone: prefill the whole prompt.
+    return;
+  }
+  if (leader->second->prefilled < s.shared_tokens) return;  // Not yet.
+  KvBlockManager& blocks = engine_->backend().kv_blocks();
+  blocks.Release(s.kv_sequence);
+  s.kv_sequence = blocks.Fork(leader->second->kv_sequence, s.shared_tokens);
+  s.prefilled = s.shared_tokens;
+  s.result.cached_prompt_tokens = s.shared_tokens;
+  s.prefix_leader.reset();
 }
 
 void Scheduler::Admit() {
@@ -153,6 +233,7 @@ void Scheduler::Admit() {
     running_.push_back(waiting_.front());
     waiting_.pop_front();
     if (s.request.max_new_tokens == 0) s.finished = true;
+    TryFork(s);
   }
 }
 
@@ -269,7 +350,7 @@ absl::Status Scheduler::Step() {
   int64_t prefill_budget = options_.max_prefill_tokens;
   for (SequenceHandle handle : running_) {
     Sequence& s = *sequences_.at(handle);
-    if (s.finished) continue;
+    if (s.finished || s.prefix_leader.has_value()) continue;
     const int64_t prompt_length = s.result.prompt_tokens;
     if (s.prefilled < prompt_length) {
       if (prefill_budget == 0) continue;
@@ -321,6 +402,12 @@ absl::Status Scheduler::Step() {
         s->finished = true;
       }
     }
+  }
+
+  // Followers whose leader prefilled the shared prefix in this step take its
+  // blocks now, before a finished leader releases them below.
+  for (SequenceHandle handle : running_) {
+    TryFork(*sequences_.at(handle));
   }
 
   // Finished sequences leave, then their callbacks run (they may Add the

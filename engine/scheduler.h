@@ -54,6 +54,15 @@ class Scheduler {
   // never fit the KV cache) and queues it.
   absl::StatusOr<SequenceHandle> Add(GenerationRequest request,
                                      SequenceCallbacks callbacks);
+  // Adds requests whose prompts share a prefix (a fan-out stage's branches)
+  // with prefix caching: when their skip sets are equal, the first one
+  // prefills the common prefix and the others start from its KV blocks
+  // (whole blocks of it, shared read-only) instead of recomputing it. If the
+  // first one is gone before they start, they prefill in full. Validates all
+  // requests before adding any. Handles are in request order.
+  absl::StatusOr<std::vector<SequenceHandle>> AddGroup(
+      std::vector<GenerationRequest> requests,
+      std::vector<SequenceCallbacks> callbacks);
   // Ends the sequence now with FinishReason::kCancelled (its on_finish runs
   // before Cancel returns) and frees its cache. Unknown or finished: no-op.
   void Cancel(SequenceHandle handle);
@@ -72,7 +81,14 @@ class Scheduler {
 
  private:
   struct Sequence;
+  // Checks `request`; returns the KV blocks the whole sequence needs.
+  absl::StatusOr<int64_t> Validate(const GenerationRequest& request) const;
+  SequenceHandle Enqueue(GenerationRequest request, SequenceCallbacks callbacks,
+                         int64_t blocks);
   void Admit();
+  // Starts `sequence` from its prefix leader's blocks once the leader has
+  // prefilled them; gives up on the leader if it is gone.
+  void TryFork(Sequence& sequence);
   void Finish(Sequence& sequence);
 
   Engine* engine_;

@@ -87,6 +87,9 @@ ABSL_FLAG(int64_t, early_exit_min_tokens, 0,
           "Tokens every stage keeps before early exit may fire");
 ABSL_FLAG(int64_t, stage_max_new_tokens, 0,
           "Caps every stage's max_new_tokens; 0 keeps the pipeline's");
+ABSL_FLAG(bool, share_fan_out_prefix, true,
+          "Fan-out branches share the KV of their common prompt prefix "
+          "(prefilled once); false recomputes it per branch");
 ABSL_FLAG(std::string, importance_samples, "",
           "With --pipeline: measure sub-layer importance (input/output cosine "
           "similarity at each stage's prefill, full model) over the questions "
@@ -127,6 +130,7 @@ absl::StatusOr<ReasoningRequest> ReasoningRequestFromFlags() {
   request.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
   request.sampling.seed = absl::GetFlag(FLAGS_seed);
   request.max_new_tokens_cap = absl::GetFlag(FLAGS_stage_max_new_tokens);
+  request.share_fan_out_prefix = absl::GetFlag(FLAGS_share_fan_out_prefix);
   const int64_t window = absl::GetFlag(FLAGS_early_exit_window);
   if (window >= 0) {
     EarlyExitConfig early_exit;
@@ -156,10 +160,11 @@ void PrintReadable(const ReasoningResult& result) {
   for (const StageRecord& stage : result.stages) {
     std::cout << "[" << stage.name << "] " << stage.output << "\n";
     std::cout << absl::StrFormat(
-        "    %d prompt + %d generated tokens, %.3f s (prefill %.3f, decode "
-        "%.3f), skipped %d attention + %d mlp of %d sub-layers, finish %s%s\n",
-        stage.prompt_tokens, stage.generated_tokens, stage.seconds,
-        stage.prefill_seconds, stage.decode_seconds,
+        "    %d prompt (%d cached) + %d generated tokens, %.3f s (prefill "
+        "%.3f, decode %.3f), skipped %d attention + %d mlp of %d sub-layers, "
+        "finish %s%s\n",
+        stage.prompt_tokens, stage.cached_prompt_tokens, stage.generated_tokens,
+        stage.seconds, stage.prefill_seconds, stage.decode_seconds,
         stage.skipped_attention_layers, stage.skipped_mlp_layers,
         stage.sublayers.total() > 0 && stage.forwarded_tokens > 0
             ? stage.sublayers.total() / stage.forwarded_tokens

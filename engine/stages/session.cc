@@ -83,6 +83,7 @@ absl::StatusOr<std::vector<GenerationRequest>> ReasoningSession::StageRequests()
   base.stop_strings = stage.stop_strings;
   base.skip = settings.skip;
   base.early_exit = request_.early_exit_override.value_or(settings.early_exit);
+  if (stage.fan_out && request_.share_fan_out_prefix) base.prefix_group = 1;
 
   const size_t branches = stage.fan_out ? inputs_.choices.size() : 1;
   const int64_t context = engine_->config().max_position_embeddings;
@@ -132,6 +133,7 @@ void ReasoningSession::FinishStage(std::vector<GenerationResult> results,
     BranchRecord branch;
     if (stage.fan_out) branch.option = ChoiceLetter(b);
     branch.prompt_tokens = r.prompt_tokens;
+    branch.cached_prompt_tokens = r.cached_prompt_tokens;
     branch.generated_tokens = static_cast<int64_t>(r.tokens.size());
     branch.finish_reason = FinishReasonName(r.finish_reason);
     branch.early_exit_reason = r.early_exit_reason;
@@ -140,6 +142,7 @@ void ReasoningSession::FinishStage(std::vector<GenerationResult> results,
     branch.text = std::move(r.text);
 
     record.prompt_tokens += branch.prompt_tokens;
+    record.cached_prompt_tokens += branch.cached_prompt_tokens;
     record.generated_tokens += branch.generated_tokens;
     record.forwarded_tokens += r.forwarded_tokens;
     record.sublayers += r.sublayers;
@@ -233,6 +236,7 @@ nlohmann::json ReasoningResultToJson(const ReasoningResult& result) {
     for (const BranchRecord& b : s.branches) {
       nlohmann::json branch = {{"text", b.text},
                                {"prompt_tokens", b.prompt_tokens},
+                               {"cached_prompt_tokens", b.cached_prompt_tokens},
                                {"generated_tokens", b.generated_tokens},
                                {"finish_reason", b.finish_reason},
                                {"mean_confidence", b.mean_confidence}};
@@ -252,6 +256,7 @@ nlohmann::json ReasoningResultToJson(const ReasoningResult& result) {
     stages.push_back({{"name", s.name},
                       {"output", s.output},
                       {"prompt_tokens", s.prompt_tokens},
+                      {"cached_prompt_tokens", s.cached_prompt_tokens},
                       {"generated_tokens", s.generated_tokens},
                       {"forwarded_tokens", s.forwarded_tokens},
                       {"sublayers", SublayersToJson(s.sublayers)},

@@ -9,7 +9,8 @@
 //
 // Execution is faithful to the method: every stage re-prefills
 // [few-shot, question, earlier stages] with its own skip set (no KV reuse
-// across stages, whose skip sets differ).
+// across stages, whose skip sets differ). Within a fan-out stage the
+// branches share their common prefix's KV (same tokens, same skip set).
 #ifndef LITESTAGE_ENGINE_STAGES_SESSION_H_
 #define LITESTAGE_ENGINE_STAGES_SESSION_H_
 
@@ -34,6 +35,10 @@ struct ReasoningRequest {
   std::optional<EarlyExitConfig> early_exit_override;
   // Caps every stage's max_new_tokens (0: the pipeline's own).
   int64_t max_new_tokens_cap = 0;
+  // Fan-out branches share the KV of their common prompt prefix (same
+  // tokens, same skip set: exact up to floating-point summation order, as
+  // batching is); false recomputes it per branch.
+  bool share_fan_out_prefix = true;
 };
 
 // One generation of a stage (the only one, or a fan-out branch).
@@ -41,6 +46,7 @@ struct BranchRecord {
   std::string option;  // Fan-out letter ("A"); empty otherwise.
   std::string text;    // Generated text, stop string cut, untrimmed.
   int64_t prompt_tokens = 0;
+  int64_t cached_prompt_tokens = 0;  // Prefix KV shared, not recomputed.
   int64_t generated_tokens = 0;
   std::string finish_reason;      // FinishReasonName
   std::string early_exit_reason;  // When finish_reason is "early_exit".
@@ -52,6 +58,7 @@ struct StageRecord {
   std::string output;  // What later stages see ({stage.NAME}), trimmed.
   // Sums over branches.
   int64_t prompt_tokens = 0;
+  int64_t cached_prompt_tokens = 0;
   int64_t generated_tokens = 0;
   int64_t forwarded_tokens = 0;  // Tokens fed through the model.
   SublayerCounts sublayers;      // total() == 2 * layers * forwarded_tokens

@@ -79,20 +79,25 @@ void ExpectConsistentRecords(const ReasoningResult& result,
     EXPECT_EQ(stage.name, spec.name);
     EXPECT_EQ(stage.branches.size(),
               spec.fan_out ? result.choices.size() : size_t{1});
-    int64_t branch_prompt = 0, branch_generated = 0;
+    int64_t branch_prompt = 0, branch_generated = 0, branch_cached = 0;
     for (const BranchRecord& branch : stage.branches) {
       EXPECT_LE(branch.generated_tokens, spec.max_new_tokens);
+      EXPECT_LT(branch.cached_prompt_tokens, branch.prompt_tokens);
       branch_prompt += branch.prompt_tokens;
       branch_generated += branch.generated_tokens;
+      branch_cached += branch.cached_prompt_tokens;
     }
+    EXPECT_EQ(stage.cached_prompt_tokens, branch_cached);
+    if (!spec.fan_out) EXPECT_EQ(stage.cached_prompt_tokens, 0);
     EXPECT_EQ(stage.prompt_tokens, branch_prompt);
     EXPECT_EQ(stage.generated_tokens, branch_generated);
-    // Every sampled token but each branch's last is fed back, so the tokens
-    // fed lie between prompt + generated - branches and prompt + generated.
-    EXPECT_LE(stage.forwarded_tokens, branch_prompt + branch_generated);
+    // Every prompt token not taken from a shared prefix and every sampled
+    // token but each branch's last is fed, so the tokens fed lie between
+    // fed - branches and fed, with fed = prompt - cached + generated.
+    const int64_t fed = branch_prompt - branch_cached + branch_generated;
+    EXPECT_LE(stage.forwarded_tokens, fed);
     EXPECT_GE(stage.forwarded_tokens,
-              branch_prompt + branch_generated -
-                  static_cast<int64_t>(stage.branches.size()));
+              fed - static_cast<int64_t>(stage.branches.size()));
     // Accounting: executed + skipped == 2 x layers x processed tokens, and
     // the skipped part is exactly the profile's skip set per token.
     EXPECT_EQ(stage.sublayers.total(), 2 * layers * stage.forwarded_tokens);
@@ -231,8 +236,9 @@ TEST(SessionTest, EarlyExitResetsAtEveryStage) {
       EXPECT_EQ(branch.finish_reason, "early_exit");
     }
     // The dropped token is never fed back: prompt + kept tokens exactly.
-    EXPECT_EQ(stage.forwarded_tokens,
-              stage.prompt_tokens + stage.generated_tokens);
+    EXPECT_EQ(stage.forwarded_tokens, stage.prompt_tokens -
+                                          stage.cached_prompt_tokens +
+                                          stage.generated_tokens);
   }
   // Window 0 disables the profile's (here: none) early exit explicitly.
   request.early_exit_override = EarlyExitConfig{};
@@ -240,6 +246,36 @@ TEST(SessionTest, EarlyExitResetsAtEveryStage) {
       RunReasoning(*engine, pipeline, Builtin("full", layers), request);
   ASSERT_TRUE(disabled.ok());
   EXPECT_FALSE(disabled->stages[0].early_exit_fired);
+}
+
+// Fan-out branches share their common prefix's KV by default; the outputs
+// equal recomputing it per branch, and the work saved shows in the records.
+TEST(SessionTest, FanOutPrefixSharingChangesNothingButWork) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const Pipeline pipeline = ShortPipeline();
+  const int64_t layers = engine->config().num_hidden_layers;
+  ReasoningRequest request = Question();
+  auto shared =
+      RunReasoning(*engine, pipeline, Builtin("last:1", layers), request);
+  request.share_fan_out_prefix = false;
+  auto recomputed =
+      RunReasoning(*engine, pipeline, Builtin("last:1", layers), request);
+  ASSERT_TRUE(shared.ok() && recomputed.ok());
+  ExpectConsistentRecords(*shared, pipeline, layers);
+  ExpectConsistentRecords(*recomputed, pipeline, layers);
+  const StageRecord& analysis = shared->stages[1];
+  // 4 branches: the first prefills the prefix, three reuse whole blocks.
+  EXPECT_GT(analysis.cached_prompt_tokens, 0);
+  EXPECT_EQ(analysis.branches[0].cached_prompt_tokens, 0);
+  EXPECT_EQ(analysis.branches[1].cached_prompt_tokens,
+            analysis.branches[3].cached_prompt_tokens);
+  EXPECT_EQ(recomputed->stages[1].cached_prompt_tokens, 0);
+  EXPECT_EQ(analysis.forwarded_tokens + analysis.cached_prompt_tokens,
+            recomputed->stages[1].forwarded_tokens);
+  for (size_t s = 0; s < shared->stages.size(); ++s) {
+    EXPECT_EQ(shared->stages[s].output, recomputed->stages[s].output);
+  }
 }
 
 TEST(SessionTest, JsonCarriesEveryStageRecord) {

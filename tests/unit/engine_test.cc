@@ -260,6 +260,35 @@ TEST(EngineTest, FullCacheIsAnErrorAndLeaksNothing) {
   EXPECT_TRUE(engine->Generate(Greedy(Tokens(8, 1), 4)).ok());
 }
 
+// Prefix-cached blocks are read-only: a chunk that would overwrite positions
+// inside a block shared with another sequence is refused.
+TEST(EngineTest, BackendRefusesWritesIntoSharedBlocks) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  Backend& backend = engine->backend();
+  KvBlockManager& blocks = backend.kv_blocks();
+  const std::vector<int32_t> tokens = Tokens(32, 9);
+  const SequenceId parent = blocks.AddSequence();
+  ForwardBatch batch;
+  batch.chunks.push_back(
+      SequenceChunk{parent, tokens, 0, nullptr, LogitsMode::kLast});
+  ForwardResult result;
+  ASSERT_TRUE(backend.Forward(batch, &result).ok());
+  const SequenceId child = blocks.Fork(parent, 32);
+  batch.chunks[0] =
+      SequenceChunk{child, absl::MakeConstSpan(tokens).subspan(0, 4), 16,
+                    nullptr, LogitsMode::kLast};
+  const absl::Status status = backend.Forward(batch, &result);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("shared"));
+  // Appending after the shared prefix is fine.
+  batch.chunks[0].start_position = 32;
+  EXPECT_TRUE(backend.Forward(batch, &result).ok());
+  blocks.Release(parent);
+  blocks.Release(child);
+  EXPECT_EQ(blocks.free_blocks(), blocks.num_blocks());
+}
+
 TEST(EngineTest, InvalidRequestsNameTheProblem) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);

@@ -1,5 +1,7 @@
 #include "engine/kv_cache.h"
 
+#include <vector>
+
 #include "gtest/gtest.h"
 
 namespace litestage {
@@ -32,6 +34,28 @@ TEST(KvBlockManagerTest, ExhaustionChangesNothing) {
   EXPECT_EQ(blocks.free_blocks(), 1);
   blocks.Release(a);
   EXPECT_TRUE(blocks.Reserve(b, 17).ok());
+}
+
+TEST(KvBlockManagerTest, ForkSharesWholePrefixBlocksUntilLastOwnerLeaves) {
+  KvBlockManager blocks(8, 4);
+  const SequenceId parent = blocks.AddSequence();
+  ASSERT_TRUE(blocks.Reserve(parent, 10).ok());  // 3 blocks
+  const SequenceId child = blocks.Fork(parent, 8);
+  EXPECT_EQ(blocks.capacity(child), 8);
+  EXPECT_EQ(std::vector<int32_t>(blocks.block_table(parent).begin(),
+                                 blocks.block_table(parent).begin() + 2),
+            blocks.block_table(child));
+  EXPECT_TRUE(blocks.shared(blocks.block_table(child)[0]));
+  EXPECT_FALSE(blocks.shared(blocks.block_table(parent)[2]));
+  EXPECT_EQ(blocks.free_blocks(), 5);           // Nothing copied.
+  ASSERT_TRUE(blocks.Reserve(child, 12).ok());  // Its own third block.
+  EXPECT_EQ(blocks.free_blocks(), 4);
+  blocks.Release(parent);
+  // The shared two stay with the child; the parent's own block is free.
+  EXPECT_EQ(blocks.free_blocks(), 5);
+  EXPECT_FALSE(blocks.shared(blocks.block_table(child)[0]));
+  blocks.Release(child);
+  EXPECT_EQ(blocks.free_blocks(), 8);
 }
 
 TEST(KvBlockManagerTest, SequencesNeverShareBlocks) {

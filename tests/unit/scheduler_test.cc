@@ -165,6 +165,65 @@ TEST(SchedulerTest, BatchSizeIsBoundedAndFinishMayAddMore) {
   EXPECT_EQ(largest_batch, 3);
 }
 
+// Four prompts with a common 40-token prefix (2 whole blocks of 16 shared):
+// the followers start from the leader's blocks and generate exactly what
+// they generate alone, feeding 32 fewer tokens each.
+TEST(SchedulerTest, PrefixGroupSharesTheCommonPrefix) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  ASSERT_EQ(engine->backend().kv_blocks().block_size(), 16);
+  std::vector<GenerationRequest> requests;
+  for (int32_t branch = 0; branch < 4; ++branch) {
+    GenerationRequest r = Greedy(40, 5, 10);
+    r.prompt_tokens.push_back(100 + branch);
+    r.prompt_tokens.push_back(200 + branch);
+    requests.push_back(r);
+  }
+  std::vector<GenerationResult> alone;
+  for (const GenerationRequest& r : requests) {
+    auto result = engine->Generate(r);
+    ASSERT_TRUE(result.ok());
+    alone.push_back(*result);
+  }
+  for (bool cancel_leader : {false, true}) {
+    SCOPED_TRACE(cancel_leader ? "leader cancelled" : "all run");
+    Scheduler scheduler(engine.get(), {.max_batch = cancel_leader ? 1 : 8});
+    std::vector<Outcome> outcomes(requests.size());
+    std::vector<SequenceCallbacks> callbacks;
+    for (Outcome& o : outcomes) callbacks.push_back(o.Callbacks());
+    auto handles = scheduler.AddGroup(requests, std::move(callbacks));
+    ASSERT_TRUE(handles.ok()) << handles.status();
+    // With one batch slot the followers wait in the queue; cancelling the
+    // leader then leaves them to prefill in full.
+    if (cancel_leader) {
+      ASSERT_TRUE(scheduler.Step().ok());
+      scheduler.Cancel((*handles)[0]);
+    }
+    while (!scheduler.idle()) ASSERT_TRUE(scheduler.Step().ok());
+    for (size_t i = cancel_leader ? 1 : 0; i < requests.size(); ++i) {
+      ASSERT_TRUE(outcomes[i].result.has_value());
+      const GenerationResult& r = *outcomes[i].result;
+      EXPECT_EQ(r.tokens, alone[i].tokens) << i;
+      const int64_t cached = (i == 0 || cancel_leader) ? 0 : 32;
+      EXPECT_EQ(r.cached_prompt_tokens, cached) << i;
+      EXPECT_EQ(r.forwarded_tokens, 42 - cached + 10 - 1) << i;
+    }
+    EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+    EXPECT_EQ(scheduler.kv_cache_usage(), 0);
+  }
+
+  // Different skip sets share nothing.
+  Scheduler scheduler(engine.get(), {});
+  requests[1].skip.mlp = {true};
+  std::vector<Outcome> outcomes(2);
+  ASSERT_TRUE(scheduler
+                  .AddGroup({requests[0], requests[1]},
+                            {outcomes[0].Callbacks(), outcomes[1].Callbacks()})
+                  .ok());
+  while (!scheduler.idle()) ASSERT_TRUE(scheduler.Step().ok());
+  EXPECT_EQ(outcomes[1].result->cached_prompt_tokens, 0);
+}
+
 TEST(SchedulerTest, InvalidRequestsAreRefusedAtAdd) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
