@@ -82,6 +82,7 @@ struct Config {
 struct Sample {
   double seconds = 0;                 // Mean over questions.
   std::vector<double> stage_tokens;   // Mean generated per stage.
+  double prefilled_tokens = 0;        // Mean prompt tokens computed.
   std::vector<double> stage_seconds;  // Mean per stage.
   int64_t early_exits = 0;
   std::vector<std::string> answers;  // Per question.

@@ -11,6 +11,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libsentencepiece-dev libre2-dev libutf8proc-dev
   python3 python3-venv python3-pip
+  prometheus python3-prometheus-client python3-grpcio python3-grpc-tools
 )
 
 missing=()
