@@ -3,7 +3,7 @@
 #
 #   make build   release build; binaries in build/bin/
 #   make test    a short fuzz run, then unit, golden and integration tests
-#   make demo    a chat answer from the default model (SmolLM2-135M-Instruct)
+#   make demo    the gRPC server on the default model, a multi-stage request, its metrics
 #   make bench   benchmarks against peers measured in the same run
 #   make format  clang-format every C++ source
 
