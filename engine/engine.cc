@@ -14,6 +14,14 @@ namespace {
 constexpr absl::string_view kSyntheticPrefix = "synthetic:";
 }  // namespace
 
+absl::StatusOr<std::optional<DType>> ParseMatrixDType(const std::string& name) {
+  if (name == "auto") return std::optional<DType>();
+  if (name == "f32") return std::optional<DType>(DType::kF32);
+  if (name == "bf16") return std::optional<DType>(DType::kBF16);
+  return absl::InvalidArgumentError(
+      absl::StrCat("--dtype must be auto, f32 or bf16, got '", name, "'"));
+}
+
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
     case FinishReason::kLength:

@@ -31,6 +31,10 @@ struct EngineOptions {
   uint64_t synthetic_seed = 0;
 };
 
+// The --dtype flag of the binaries: "auto" (nullopt: as stored; bf16 for
+// synthetic), "f32" or "bf16"; InvalidArgument naming --dtype otherwise.
+absl::StatusOr<std::optional<DType>> ParseMatrixDType(const std::string& name);
+
 enum class FinishReason : uint8_t {
   kLength,      // max_new_tokens reached.
   kEos,         // An EOS id was produced (not included in `tokens`).

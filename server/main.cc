@@ -75,14 +75,6 @@ ABSL_FLAG(uint64_t, synthetic_seed, 0, "Seed of synthetic random weights");
 namespace litestage {
 namespace {
 
-absl::StatusOr<std::optional<DType>> ParseDType(const std::string& name) {
-  if (name == "auto") return std::optional<DType>();
-  if (name == "f32") return std::optional<DType>(DType::kF32);
-  if (name == "bf16") return std::optional<DType>(DType::kBF16);
-  return absl::InvalidArgumentError(
-      absl::StrCat("--dtype must be auto, f32 or bf16, got '", name, "'"));
-}
-
 int Run() {
   ServerOptions options;
   options.engine.model = absl::GetFlag(FLAGS_model);
@@ -91,7 +83,7 @@ int Run() {
   options.engine.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.engine.backend.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   absl::StatusOr<std::optional<DType>> dtype =
-      ParseDType(absl::GetFlag(FLAGS_dtype));
+      ParseMatrixDType(absl::GetFlag(FLAGS_dtype));
   if (!dtype.ok()) {
     std::fprintf(stderr, "litestage-server: %s\n",
                  dtype.status().ToString().c_str());

@@ -102,14 +102,6 @@ ABSL_FLAG(bool, print_pipeline, false,
 namespace litestage {
 namespace {
 
-absl::StatusOr<std::optional<DType>> ParseDType(const std::string& name) {
-  if (name == "auto") return std::optional<DType>();
-  if (name == "f32") return std::optional<DType>(DType::kF32);
-  if (name == "bf16") return std::optional<DType>(DType::kBF16);
-  return absl::InvalidArgumentError(
-      absl::StrCat("--dtype must be auto, f32 or bf16, got '", name, "'"));
-}
-
 // Replaces invalid UTF-8 (possible from random weights) rather than throw.
 void PrintJson(const nlohmann::json& out) {
   std::cout << out.dump(-1, ' ', false,
@@ -247,7 +239,7 @@ absl::Status Run() {
   options.synthetic_seed = absl::GetFlag(FLAGS_synthetic_seed);
   options.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.backend.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
-  auto dtype = ParseDType(absl::GetFlag(FLAGS_dtype));
+  auto dtype = ParseMatrixDType(absl::GetFlag(FLAGS_dtype));
   if (!dtype.ok()) return dtype.status();
   options.matrix_dtype = *dtype;
   if (pipeline.has_value()) {
