@@ -40,5 +40,12 @@ mkdir -p "$results_dir"
     --stage-max-new-tokens "${BENCH_STAGE_TOKENS:-24}" \
     --threads "${BENCH_THREADS:-$(nproc)}" \
     --json-out "$results_dir/$name.json"
+  echo
+  echo "Speedups are against \`full\` in the same run (same questions, interleaved reps)."
+  case "$model" in synthetic:*)
+    echo "Synthetic weights: the text is random, so answers are usually none and"
+    echo "\"answers = full\" only shows that runs are deterministic; stage lengths"
+    echo "are set by the token cap and early exit, not by what the model says." ;;
+  esac
 } > "$results_dir/$name.md"
 cat "$results_dir/$name.md"
