@@ -690,18 +690,15 @@ std::string SummaryRow(const std::string& name, const LatencySummary& s) {
                          s.count, s.mean, s.p50, s.p90, s.p99, s.max);
 }
 
-RequestOutcome ReasonOnce(pb::LiteStage::Stub& stub, const QuestionItem& item,
-                          int64_t index) {
-  pb::ReasonRequest request = ReasonRequestFromFlags();
-  request.set_request_id(absl::StrCat("bench-", index));
-  request.set_question(item.question);
-  request.clear_choices();
-  for (const std::string& choice : item.choices) request.add_choices(choice);
+// Times one unary RPC (`call` issues it on the context it is given, with
+// the --timeout deadline) and fills the outcome from its status and the
+// response's token count and time to first token.
+template <typename Call, typename Response>
+RequestOutcome TimedCall(const Call& call, const Response& response) {
   grpc::ClientContext context;
   SetDeadline(context);
-  pb::ReasonResponse response;
   const auto start = std::chrono::steady_clock::now();
-  const grpc::Status status = stub.Reason(&context, request, &response);
+  const grpc::Status status = call(&context);
   RequestOutcome outcome;
   outcome.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
@@ -714,6 +711,23 @@ RequestOutcome ReasonOnce(pb::LiteStage::Stub& stub, const QuestionItem& item,
   outcome.generated_tokens = response.generated_tokens();
   outcome.time_to_first_token_seconds =
       response.timings().time_to_first_token_seconds();
+  return outcome;
+}
+
+RequestOutcome ReasonOnce(pb::LiteStage::Stub& stub, const QuestionItem& item,
+                          int64_t index) {
+  pb::ReasonRequest request = ReasonRequestFromFlags();
+  request.set_request_id(absl::StrCat("bench-", index));
+  request.set_question(item.question);
+  request.clear_choices();
+  for (const std::string& choice : item.choices) request.add_choices(choice);
+  pb::ReasonResponse response;
+  RequestOutcome outcome = TimedCall(
+      [&](grpc::ClientContext* context) {
+        return stub.Reason(context, request, &response);
+      },
+      response);
+  if (outcome.code != "OK") return outcome;
   for (const pb::StageRecord& stage : response.stages()) {
     outcome.stage_seconds.emplace_back(stage.name(), stage.seconds());
   }
@@ -731,24 +745,12 @@ RequestOutcome GenerateOnce(pb::LiteStage::Stub& stub, const QuestionItem& item,
   }
   absl::StrAppend(&prompt, "Answer:");
   request.set_prompt(prompt);
-  grpc::ClientContext context;
-  SetDeadline(context);
   pb::GenerateResponse response;
-  const auto start = std::chrono::steady_clock::now();
-  const grpc::Status status = stub.Generate(&context, request, &response);
-  RequestOutcome outcome;
-  outcome.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-          .count();
-  outcome.code = CodeName(status.error_code());
-  if (!status.ok()) {
-    outcome.message = status.error_message();
-    return outcome;
-  }
-  outcome.generated_tokens = response.generated_tokens();
-  outcome.time_to_first_token_seconds =
-      response.timings().time_to_first_token_seconds();
-  return outcome;
+  return TimedCall(
+      [&](grpc::ClientContext* context) {
+        return stub.Generate(context, request, &response);
+      },
+      response);
 }
 
 int RunBench(const std::shared_ptr<grpc::Channel>& channel) {
