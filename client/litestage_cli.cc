@@ -185,6 +185,22 @@ int RpcError(const grpc::Status& status) {
   return kExitRpcError;
 }
 
+// The exit code of a finished server stream: its status, and whether the
+// final result message arrived.
+template <typename Reader>
+int FinishStream(Reader& reader, bool got_result) {
+  const grpc::Status status = reader.Finish();
+  if (!status.ok()) {
+    std::cout << std::flush;
+    return RpcError(status);
+  }
+  if (!got_result) {
+    std::cerr << "litestage-cli: the stream ended without a result\n";
+    return kExitRpcError;
+  }
+  return kExitOk;
+}
+
 int UsageError(const std::string& message) {
   std::cerr << "litestage-cli: " << message
             << "\nRun 'litestage-cli --help' for the subcommands and flags.\n";
@@ -471,16 +487,7 @@ int RunStream(pb::LiteStage::Stub& stub) {
         break;
     }
   }
-  const grpc::Status status = reader->Finish();
-  if (!status.ok()) {
-    std::cout << std::flush;
-    return RpcError(status);
-  }
-  if (!got_result) {
-    std::cerr << "litestage-cli: the stream ended without a result\n";
-    return kExitRpcError;
-  }
-  return kExitOk;
+  return FinishStream(*reader, got_result);
 }
 
 void PrintGenerateSummary(const pb::GenerateResponse& response) {
@@ -529,16 +536,7 @@ int RunGenerate(pb::LiteStage::Stub& stub) {
       PrintGenerateSummary(event.result());
     }
   }
-  const grpc::Status status = reader->Finish();
-  if (!status.ok()) {
-    std::cout << std::flush;
-    return RpcError(status);
-  }
-  if (!got_result) {
-    std::cerr << "litestage-cli: the stream ended without a result\n";
-    return kExitRpcError;
-  }
-  return kExitOk;
+  return FinishStream(*reader, got_result);
 }
 
 void PrintProfile(const pb::ProfileInfo& profile) {
