@@ -1445,6 +1445,11 @@ void LiteStageServer::SchedulerLoop() {
     const StageRecord& record = job.session->result().stages.back();
     if (ServerMetrics* metrics = this->metrics()) {
       metrics->ObserveStage(job.pipeline->name, record);
+      // Profiles spelled by clients (even:K, last:K) get their series on
+      // first use; the server's own were set at start-up.
+      metrics->SetStageSkipRatio(
+          job.pipeline->name, record.name, job.profile_name,
+          job.profile->SkipRatio(record.name, impl.num_layers));
     }
     if (job.emit_reason) {
       v1::ReasonEvent event;
