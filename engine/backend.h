@@ -35,6 +35,9 @@ struct SkipSet {
     return layer < static_cast<int64_t>(mlp.size()) && mlp[layer];
   }
   int64_t num_skipped() const;
+  // Skips the same sub-layers of a num_layers model (an empty vector and an
+  // all-false one both skip nothing, unlike operator==).
+  bool SkipsSameAs(const SkipSet& other, int64_t num_layers) const;
   bool operator==(const SkipSet& other) const = default;
 };
 

@@ -512,6 +512,16 @@ int64_t SkipSet::num_skipped() const {
          std::count(mlp.begin(), mlp.end(), true);
 }
 
+bool SkipSet::SkipsSameAs(const SkipSet& other, int64_t num_layers) const {
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    if (skips_attention(layer) != other.skips_attention(layer) ||
+        skips_mlp(layer) != other.skips_mlp(layer)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
     const std::string& device, const ModelWeights& weights,
     const BackendOptions& options) {

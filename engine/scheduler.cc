@@ -177,7 +177,9 @@ absl::StatusOr<std::vector<SequenceHandle>> Scheduler::AddGroup(
     const std::vector<int32_t>& first = requests[0].prompt_tokens;
     common = static_cast<int64_t>(first.size());
     for (const GenerationRequest& r : requests) {
-      same_skips = same_skips && r.skip == requests[0].skip;
+      same_skips =
+          same_skips && r.skip.SkipsSameAs(requests[0].skip,
+                                           engine_->config().num_hidden_layers);
       const int64_t limit = std::min<int64_t>(
           common, static_cast<int64_t>(r.prompt_tokens.size()) - 1);
       int64_t match = 0;
@@ -268,6 +270,17 @@ void Scheduler::Cancel(SequenceHandle handle) {
   }
 }
 
+absl::StatusOr<SkipSetBatching> ParseSkipSetBatching(absl::string_view name) {
+  if (name == "mixed") return SkipSetBatching::kMixed;
+  if (name == "grouped") return SkipSetBatching::kGrouped;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "skip-set batching must be 'mixed' or 'grouped', got '", name, "'"));
+}
+
+const char* SkipSetBatchingName(SkipSetBatching batching) {
+  return batching == SkipSetBatching::kGrouped ? "grouped" : "mixed";
+}
+
 absl::Status Scheduler::Step() {
   Admit();
   const ModelConfig& config = engine_->config();
@@ -345,12 +358,35 @@ absl::Status Scheduler::Step() {
   // its prompt contributes a prefill chunk (at most max_prefill_tokens prompt
   // tokens per step in all), the others one decode token. A sequence samples
   // whenever its chunk ends at its newest token.
+  // kGrouped: only the sequences of this step's skip set run.
+  const SkipSet* step_skip = nullptr;
+  if (options_.skip_set_batching == SkipSetBatching::kGrouped) {
+    std::vector<const SkipSet*> skip_sets;
+    for (SequenceHandle handle : running_) {
+      const Sequence& s = *sequences_.at(handle);
+      if (s.finished || s.prefix_leader.has_value()) continue;
+      if (std::none_of(skip_sets.begin(), skip_sets.end(),
+                       [&](const SkipSet* seen) {
+                         return seen->SkipsSameAs(s.request.skip,
+                                                  config.num_hidden_layers);
+                       })) {
+        skip_sets.push_back(&s.request.skip);
+      }
+    }
+    if (!skip_sets.empty()) {
+      step_skip = skip_sets[group_turn_++ % skip_sets.size()];
+    }
+  }
   ForwardBatch batch;
   std::vector<Sequence*> owners;
   int64_t prefill_budget = options_.max_prefill_tokens;
   for (SequenceHandle handle : running_) {
     Sequence& s = *sequences_.at(handle);
     if (s.finished || s.prefix_leader.has_value()) continue;
+    if (step_skip != nullptr &&
+        !step_skip->SkipsSameAs(s.request.skip, config.num_hidden_layers)) {
+      continue;
+    }
     const int64_t prompt_length = s.result.prompt_tokens;
     if (s.prefilled < prompt_length) {
       if (prefill_budget == 0) continue;

@@ -25,13 +25,34 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "engine/engine.h"
 
 namespace litestage {
 
+// How sequences with different skip sets share forward steps.
+enum class SkipSetBatching {
+  // One step runs every running sequence; each sub-layer runs over the rows
+  // whose sequence executes it, so a sub-layer is really skipped for the
+  // batch only when every row skips it, and a weight read serves every row
+  // that executes it.
+  kMixed,
+  // One step runs the sequences of one skip set; the skip sets present take
+  // turns (in order of their oldest sequence), so a step skips whole
+  // sub-layers but weights shared by two skip sets are read once per set.
+  kGrouped,
+};
+
+// "mixed" | "grouped"; InvalidArgument names the accepted values.
+absl::StatusOr<SkipSetBatching> ParseSkipSetBatching(absl::string_view name);
+const char* SkipSetBatchingName(SkipSetBatching batching);
+
 struct SchedulerOptions {
   int64_t max_batch = 64;  // Most sequences in one forward step.
   int64_t max_prefill_tokens = Engine::kMaxPrefillChunk;  // Per step.
+  // Measured in bench/results/*-server-*: mixed is the faster on the CPU
+  // backend (docs/server.md).
+  SkipSetBatching skip_set_batching = SkipSetBatching::kMixed;
 };
 
 using SequenceHandle = uint64_t;
@@ -99,6 +120,7 @@ class Scheduler {
   std::vector<SequenceHandle> running_;
   int64_t reserved_blocks_ = 0;
   int64_t last_batch_size_ = 0;
+  uint64_t group_turn_ = 0;  // kGrouped: which skip set runs next.
 };
 
 }  // namespace litestage

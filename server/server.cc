@@ -52,10 +52,6 @@ bool IsReason(Method method) {
   return method == Method::kReason || method == Method::kReasonStream;
 }
 
-bool IsStreaming(Method method) {
-  return method == Method::kReasonStream || method == Method::kGenerateStream;
-}
-
 // The canonical gRPC name of a status code, the `code` label of
 // litestage_requests_total.
 const char* StatusCodeName(grpc::StatusCode code) {
@@ -1178,6 +1174,7 @@ absl::Status LiteStageServer::Load() {
 
   SchedulerOptions scheduler_options;
   scheduler_options.max_batch = options_.max_batch;
+  scheduler_options.skip_set_batching = options_.skip_set_batching;
   impl.scheduler =
       std::make_unique<Scheduler>(impl.engine.get(), scheduler_options);
 

@@ -36,6 +36,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
+#include "engine/scheduler.h"
 #include "engine/stages/pipeline.h"
 #include "engine/stages/profile.h"
 #include "prometheus/registry.h"
@@ -70,6 +71,8 @@ struct ServerOptions {
   std::string default_profile = "full";
   int64_t max_queue = 64;  // Admitted requests waiting for the batch.
   int64_t max_batch = 32;  // Sequences per forward step.
+  // How sequences of different skip sets share steps (engine/scheduler.h).
+  SkipSetBatching skip_set_batching = SkipSetBatching::kMixed;
   // Per stage (Reason) and per request (Generate); also Generate's default.
   int64_t max_new_tokens = 512;
   // Metrics go here (the server always keeps them; serve them with

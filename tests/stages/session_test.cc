@@ -88,7 +88,9 @@ void ExpectConsistentRecords(const ReasoningResult& result,
       branch_cached += branch.cached_prompt_tokens;
     }
     EXPECT_EQ(stage.cached_prompt_tokens, branch_cached);
-    if (!spec.fan_out) EXPECT_EQ(stage.cached_prompt_tokens, 0);
+    if (!spec.fan_out) {
+      EXPECT_EQ(stage.cached_prompt_tokens, 0);
+    }
     EXPECT_EQ(stage.prompt_tokens, branch_prompt);
     EXPECT_EQ(stage.generated_tokens, branch_generated);
     // Every prompt token not taken from a shared prefix and every sampled

@@ -224,6 +224,59 @@ TEST(SchedulerTest, PrefixGroupSharesTheCommonPrefix) {
   EXPECT_EQ(outcomes[1].result->cached_prompt_tokens, 0);
 }
 
+// Two sequences skipping nothing (one with an explicit all-false skip set,
+// the same skips) and two skipping layer 1: mixed steps run all four
+// together; grouped steps run one skip set at a time, the two taking turns,
+// and every sequence generates what it generates alone.
+TEST(SchedulerTest, GroupedBatchingRunsOneSkipSetPerStep) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  ASSERT_EQ(engine->config().num_hidden_layers, 2);
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 4; ++i) requests.push_back(Greedy(5 + i, i + 1, 8));
+  requests[1].skip.attention = {false, false};
+  requests[1].skip.mlp = {false, false};
+  for (int i : {2, 3}) {
+    requests[i].skip.attention = {false, true};
+    requests[i].skip.mlp = {false, true};
+  }
+  std::vector<GenerationResult> alone;
+  for (const GenerationRequest& r : requests) {
+    auto result = engine->Generate(r);
+    ASSERT_TRUE(result.ok());
+    alone.push_back(*result);
+  }
+  for (SkipSetBatching batching :
+       {SkipSetBatching::kMixed, SkipSetBatching::kGrouped}) {
+    SCOPED_TRACE(SkipSetBatchingName(batching));
+    Scheduler scheduler(engine.get(), {.skip_set_batching = batching});
+    std::vector<Outcome> outcomes(requests.size());
+    for (size_t i = 0; i < requests.size(); ++i) {
+      ASSERT_TRUE(scheduler.Add(requests[i], outcomes[i].Callbacks()).ok());
+    }
+    std::vector<int64_t> batch_sizes;
+    while (!scheduler.idle()) {
+      ASSERT_TRUE(scheduler.Step().ok());
+      batch_sizes.push_back(scheduler.last_batch_size());
+    }
+    // 8 tokens: one prefill step and 7 decode steps per skip set.
+    const std::vector<int64_t> expected = batching == SkipSetBatching::kMixed
+                                              ? std::vector<int64_t>(8, 4)
+                                              : std::vector<int64_t>(16, 2);
+    EXPECT_EQ(batch_sizes, expected);
+    for (size_t i = 0; i < requests.size(); ++i) {
+      ASSERT_TRUE(outcomes[i].result.has_value()) << i;
+      EXPECT_EQ(outcomes[i].result->tokens, alone[i].tokens) << i;
+      EXPECT_EQ(outcomes[i].result->sublayers, alone[i].sublayers) << i;
+    }
+  }
+  absl::StatusOr<SkipSetBatching> grouped = ParseSkipSetBatching("grouped");
+  ASSERT_TRUE(grouped.ok());
+  EXPECT_EQ(*grouped, SkipSetBatching::kGrouped);
+  EXPECT_THAT(ParseSkipSetBatching("batched").status().message(),
+              HasSubstr("'mixed' or 'grouped'"));
+}
+
 TEST(SchedulerTest, InvalidRequestsAreRefusedAtAdd) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
