@@ -15,6 +15,11 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -452,7 +457,31 @@ TEST_F(ServerTest, InvalidGenerateRequestsNameTheField) {
   EXPECT_THAT(status.error_message(), HasSubstr("pipeline"));
 }
 
+// The value of the sample `series` (name and labels as serialized) in the
+// Prometheus text `text`; -1 when absent.
+double SampleValue(const std::string& text, const std::string& series) {
+  const std::string prefix = series + " ";
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (!absl::StartsWith(line, prefix)) continue;
+    double value = 0;
+    return absl::SimpleAtod(line.substr(prefix.size()), &value) ? value : -1;
+  }
+  return -1;
+}
+
 TEST_F(ServerTest, ConcurrentRequestsAreBatched) {
+  // Steps of the engine so far, and those of at most 2 sequences (one
+  // request of this pipeline runs at most 2: its yes/no branches).
+  const auto batch_steps = [] {
+    const std::string text = server_->metrics()->Serialize();
+    return std::make_pair(
+        SampleValue(text, "litestage_batch_size_count"),
+        SampleValue(text, R"(litestage_batch_size_bucket{le="2"})"));
+  };
+  ASSERT_NE(server_->metrics(), nullptr);
+  const auto [steps_before, small_before] = batch_steps();
+  ASSERT_GE(steps_before, 0);
+  ASSERT_GE(small_before, 0);
   constexpr int kThreads = 16;
   constexpr int kPerThread = 4;
   std::atomic<int> ok{0};
@@ -479,10 +508,13 @@ TEST_F(ServerTest, ConcurrentRequestsAreBatched) {
   for (std::thread& thread : threads) thread.join();
   EXPECT_EQ(ok.load(), kThreads * kPerThread)
       << ::testing::PrintToString(failures);
-  EXPECT_GT(server_->max_batch_size_seen(), 1);
-  ASSERT_NE(server_->metrics(), nullptr);
-  const std::string text = server_->metrics()->Serialize();
-  EXPECT_THAT(text, HasSubstr("litestage_batch_size"));
+  EXPECT_GT(server_->max_batch_size_seen(), 2);
+  // Batching is visible in litestage_batch_size: steps that ran sequences
+  // of more than one request.
+  const auto [steps_after, small_after] = batch_steps();
+  EXPECT_GT((steps_after - steps_before) - (small_after - small_before), 0)
+      << "steps " << steps_before << " -> " << steps_after
+      << ", of at most 2 sequences " << small_before << " -> " << small_after;
   EXPECT_TRUE(Eventually([] { return server_->requests_in_flight() == 0; }));
 }
 
