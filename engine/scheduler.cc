@@ -354,11 +354,8 @@ absl::Status Scheduler::Step() {
     }
   };
 
-  // One forward step over the running sequences: a sequence still reading
-  // its prompt contributes a prefill chunk (at most max_prefill_tokens prompt
-  // tokens per step in all), the others one decode token. A sequence samples
-  // whenever its chunk ends at its newest token.
-  // kGrouped: only the sequences of this step's skip set run.
+  // kGrouped: only the sequences of this step's skip set run; the skip sets
+  // present take turns, in order of their oldest running sequence.
   const SkipSet* step_skip = nullptr;
   if (options_.skip_set_batching == SkipSetBatching::kGrouped) {
     std::vector<const SkipSet*> skip_sets;
@@ -377,6 +374,11 @@ absl::Status Scheduler::Step() {
       step_skip = skip_sets[group_turn_++ % skip_sets.size()];
     }
   }
+
+  // One forward step over the running sequences: a sequence still reading
+  // its prompt contributes a prefill chunk (at most max_prefill_tokens prompt
+  // tokens per step in all), the others one decode token. A sequence samples
+  // whenever its chunk ends at its newest token.
   ForwardBatch batch;
   std::vector<Sequence*> owners;
   int64_t prefill_budget = options_.max_prefill_tokens;
