@@ -74,12 +74,24 @@ echo "== /metrics: per-stage latency and skip rate =="
 python3 - "$metrics_port" <<'PY'
 import sys, urllib.request
 text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+sublayers = {}  # stage -> [skipped, all]
 for line in text.splitlines():
+    if 'pipeline="tinythinker"' not in line:
+        continue
     if line.startswith(("litestage_stage_latency_seconds_count", "litestage_stage_latency_seconds_sum",
-                        "litestage_stage_early_exits_total")) and 'pipeline="tinythinker"' in line:
+                        "litestage_stage_early_exits_total", "litestage_stage_skip_ratio")):
         print(line)
-    elif line.startswith("litestage_sublayers_total") and 'pipeline="tinythinker"' in line and not line.endswith(" 0"):
-        print(line)
+    elif line.startswith("litestage_sublayers_total"):
+        stage = line.split('stage="')[1].split('"')[0]
+        value = float(line.rsplit(" ", 1)[1])
+        counts = sublayers.setdefault(stage, [0.0, 0.0])
+        counts[0] += value if 'action="skipped"' in line else 0.0
+        counts[1] += value
+        if value:
+            print(line)
+print("skip rate per stage over both requests (PromQL: skipped / all of litestage_sublayers_total):")
+for stage, (skipped, total) in sublayers.items():
+    print(f"  {stage}: {skipped / total:.1%}" if total else f"  {stage}: no sub-layer passes yet")
 PY
 echo
 
