@@ -22,6 +22,7 @@
 #include "litestage/v1/litestage.grpc.pb.h"
 #include "litestage/v1/litestage.pb.h"
 #include "server/metrics.h"
+#include "server/wire.h"
 
 namespace litestage {
 
@@ -128,12 +129,17 @@ absl::StatusOr<SamplingParams> SamplingFromProto(const v1::SamplingParams& p) {
   return sampling;
 }
 
-absl::StatusOr<EarlyExitConfig> EarlyExitFromProto(const v1::EarlyExit& p) {
+// `max_new_tokens`: the most tokens a stage (Reason) or the request
+// (Generate) may generate; a window longer than that could never fill.
+absl::StatusOr<EarlyExitConfig> EarlyExitFromProto(const v1::EarlyExit& p,
+                                                   int64_t max_new_tokens) {
   EarlyExitConfig config;
   config.window = p.window();
   config.threshold = p.threshold();
   config.min_tokens = p.min_tokens();
   if (!p.confidence().empty()) {
+    LS_RETURN_IF_ERROR(
+        CheckFieldSize("early_exit.confidence", p.confidence(), kMaxNameBytes));
     absl::StatusOr<ConfidenceKind> kind = ParseConfidenceKind(p.confidence());
     if (!kind.ok()) {
       return absl::InvalidArgumentError(
@@ -143,6 +149,16 @@ absl::StatusOr<EarlyExitConfig> EarlyExitFromProto(const v1::EarlyExit& p) {
   }
   // Its messages already name "early_exit.<field>".
   LS_RETURN_IF_ERROR(ValidateEarlyExitConfig(config));
+  if (config.window > max_new_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "early_exit.window: ", config.window, " is over max_new_tokens (",
+        max_new_tokens, "): the window could never fill"));
+  }
+  if (config.min_tokens > max_new_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("early_exit.min_tokens: ", config.min_tokens,
+                     " is over max_new_tokens (", max_new_tokens, ")"));
+  }
   return config;
 }
 
@@ -241,14 +257,15 @@ void StageProfileToProto(const std::string& stage, const StageProfile& sp,
 // ---------------------------------------------------------------------------
 // Reactors. Each holds the job (for OnCancel) and is deleted in OnDone; the
 // scheduler thread calls Finish/Write through the job's callbacks and never
-// after it finished the job.
+// after it finished the job. Requests and responses are raw ByteBuffers
+// (server/wire.h says why).
 
 class UnaryReactor : public grpc::ServerUnaryReactor {
  public:
   explicit UnaryReactor(LiteStageServer* server) : server_(server) {}
   void set_job(std::shared_ptr<LiteStageServer::Job> job);
   void OnCancel() override;
-  void OnDone() override { delete this; }
+  void OnDone() override;
 
  private:
   LiteStageServer* server_;
@@ -258,8 +275,14 @@ class UnaryReactor : public grpc::ServerUnaryReactor {
 
 // Server-streaming with gRPC flow control: one write in flight, the rest
 // queued in order; Finish only once every queued event was written.
+//
+// What a slow reader can make the server buffer is bounded: a token delta
+// joins the queued delta of the same stage and branch (no other event
+// between them), so the queue holds at most one delta per branch between
+// structural events (stage started / finished, result), and its bytes are
+// bounded by the text the request may generate.
 template <typename Event>
-class StreamReactor : public grpc::ServerWriteReactor<Event> {
+class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   explicit StreamReactor(LiteStageServer* server) : server_(server) {}
   void set_job(std::shared_ptr<LiteStageServer::Job> job) {
@@ -271,12 +294,10 @@ class StreamReactor : public grpc::ServerWriteReactor<Event> {
   void Write(Event event) {
     std::unique_lock<std::mutex> lock(mutex_);
     if (broken_ || finish_requested_) return;
-    queue_.push_back(std::move(event));
+    if (!Coalesce(&event)) queue_.push_back(std::move(event));
     if (writing_) return;
     writing_ = true;
-    const Event* next = &queue_.front();  // deque: stable while queued.
-    lock.unlock();
-    this->StartWrite(next);
+    StartNextWrite(std::move(lock));
   }
   // Scheduler thread; last call.
   void Complete(const grpc::Status& status) {
@@ -291,16 +312,13 @@ class StreamReactor : public grpc::ServerWriteReactor<Event> {
 
   void OnWriteDone(bool ok) override {
     std::unique_lock<std::mutex> lock(mutex_);
-    queue_.pop_front();
     if (!ok) {  // The client is gone: drop the rest, stop the work.
       broken_ = true;
       queue_.clear();
       if (job_) MarkCancelled();
     }
     if (!queue_.empty()) {
-      const Event* next = &queue_.front();
-      lock.unlock();
-      this->StartWrite(next);
+      StartNextWrite(std::move(lock));
       return;
     }
     writing_ = false;
@@ -311,15 +329,40 @@ class StreamReactor : public grpc::ServerWriteReactor<Event> {
     }
   }
   void OnCancel() override;
-  void OnDone() override { delete this; }
+  void OnDone() override;
 
  private:
   void MarkCancelled();
 
+  // Merges a token delta into a queued delta of the same stage and branch
+  // that no structural event follows. True when merged.
+  bool Coalesce(Event* event) {
+    if (!event->has_delta()) return false;
+    for (auto it = queue_.rbegin(); it != queue_.rend(); ++it) {
+      if (!it->has_delta()) return false;
+      v1::TokenDelta* queued = it->mutable_delta();
+      if (queued->stage_index() == event->delta().stage_index() &&
+          queued->branch() == event->delta().branch()) {
+        queued->mutable_text()->append(event->delta().text());
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Serializes the queue's front into the one buffer in flight and writes it.
+  void StartNextWrite(std::unique_lock<std::mutex> lock) {
+    SerializeResponse(queue_.front(), &in_flight_);
+    queue_.pop_front();
+    lock.unlock();
+    this->StartWrite(&in_flight_);
+  }
+
   LiteStageServer* server_;
   std::mutex mutex_;
   std::shared_ptr<LiteStageServer::Job> job_;
-  std::deque<Event> queue_;  // queue_.front() is being written.
+  std::deque<Event> queue_;     // Not yet written.
+  grpc::ByteBuffer in_flight_;  // Being written (while writing_).
   bool writing_ = false;
   bool broken_ = false;
   bool finish_requested_ = false;
@@ -336,6 +379,8 @@ struct LiteStageServer::Job {
   Clock::time_point arrival;
   std::chrono::system_clock::time_point deadline;
   std::atomic<bool> cancelled{false};  // Set by reactors on any thread.
+  // Set by Admit: the server counts the RPC until its reactor's OnDone.
+  std::atomic<bool> admitted{false};
 
   // Reason.
   const Pipeline* pipeline = nullptr;
@@ -345,12 +390,12 @@ struct LiteStageServer::Job {
   GenerationRequest generation;
   std::string profile_name;
 
-  // Output; called on the scheduler thread (finish: exactly once).
+  // Output; called on the scheduler thread (finish: exactly once, with a
+  // v1::ReasonResponse or v1::GenerateResponse, null unless OK).
   std::function<void(v1::ReasonEvent)> emit_reason;
   std::function<void(v1::GenerateEvent)> emit_generate;
-  std::function<void(const grpc::Status&, v1::ReasonResponse*)> finish_reason;
-  std::function<void(const grpc::Status&, v1::GenerateResponse*)>
-      finish_generate;
+  std::function<void(const grpc::Status&, const google::protobuf::Message*)>
+      finish;
 
   // Scheduler-thread state.
   bool started = false;
@@ -372,6 +417,23 @@ namespace {
 void UnaryReactor::set_job(std::shared_ptr<LiteStageServer::Job> job) {
   std::lock_guard<std::mutex> lock(mutex_);
   job_ = std::move(job);
+}
+
+void UnaryReactor::OnDone() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (job_ && job_->admitted.load()) server_->RequestDelivered();
+  }
+  delete this;
+}
+
+template <typename Event>
+void StreamReactor<Event>::OnDone() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (job_ && job_->admitted.load()) server_->RequestDelivered();
+  }
+  delete this;
 }
 
 void UnaryReactor::OnCancel() {
@@ -456,7 +518,7 @@ struct LiteStageServer::Impl {
       return std::make_shared<const Profile>(*std::move(builtin));
     }
     return absl::InvalidArgumentError(
-        absl::StrCat("profile: unknown profile '", name,
+        absl::StrCat("profile: unknown profile '", Abbreviate(name),
                      "'; this server has: ", ProfileNames()));
   }
 
@@ -469,154 +531,81 @@ struct LiteStageServer::Impl {
 
 // ---------------------------------------------------------------------------
 // The gRPC service: validation and admission on gRPC's threads.
-class LiteStageServer::Service : public v1::LiteStage::CallbackService {
+// Every method is raw (ByteBuffer in and out) so that requests protobuf
+// refuses to parse get a real answer (server/wire.h).
+using RawLiteStageService = v1::LiteStage::WithRawCallbackMethod_Reason<
+    v1::LiteStage::WithRawCallbackMethod_ReasonStream<
+        v1::LiteStage::WithRawCallbackMethod_Generate<
+            v1::LiteStage::WithRawCallbackMethod_GenerateStream<
+                v1::LiteStage::WithRawCallbackMethod_GetServerInfo<
+                    v1::LiteStage::WithRawCallbackMethod_ListProfiles<
+                        v1::LiteStage::Service>>>>>>;
+
+class LiteStageServer::Service : public RawLiteStageService {
  public:
   explicit Service(LiteStageServer* server) : server_(server) {}
 
   grpc::ServerUnaryReactor* Reason(grpc::CallbackServerContext* context,
-                                   const v1::ReasonRequest* request,
-                                   v1::ReasonResponse* response) override {
-    const Clock::time_point arrival = Clock::now();
-    auto* reactor = new UnaryReactor(server_);
-    absl::StatusOr<std::shared_ptr<Job>> job =
-        PrepareReason(*request, Method::kReason, context, arrival);
-    if (!job.ok()) {
-      Reject(reactor, Method::kReason, job.status(), arrival);
-      return reactor;
-    }
-    (*job)->finish_reason = [reactor, response](const grpc::Status& status,
-                                                v1::ReasonResponse* result) {
-      if (status.ok()) *response = std::move(*result);
-      reactor->Finish(status);
-    };
-    reactor->set_job(*job);
-    if (absl::Status admitted = server_->Admit(*job); !admitted.ok()) {
-      Reject(reactor, Method::kReason, admitted, arrival);
-    }
-    return reactor;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override {
+    return StartUnary<v1::ReasonRequest>(Method::kReason, context, *request,
+                                         response);
   }
-
-  grpc::ServerWriteReactor<v1::ReasonEvent>* ReasonStream(
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ReasonStream(
       grpc::CallbackServerContext* context,
-      const v1::ReasonRequest* request) override {
-    const Clock::time_point arrival = Clock::now();
-    auto* reactor = new StreamReactor<v1::ReasonEvent>(server_);
-    absl::StatusOr<std::shared_ptr<Job>> job =
-        PrepareReason(*request, Method::kReasonStream, context, arrival);
-    if (!job.ok()) {
-      RejectStream(reactor, Method::kReasonStream, job.status(), arrival);
-      return reactor;
-    }
-    const std::string request_id = (*job)->request_id;
-    (*job)->emit_reason = [reactor](v1::ReasonEvent event) {
-      reactor->Write(std::move(event));
-    };
-    (*job)->finish_reason = [reactor, request_id](const grpc::Status& status,
-                                                  v1::ReasonResponse* result) {
-      if (status.ok()) {
-        v1::ReasonEvent event;
-        event.set_request_id(request_id);
-        *event.mutable_result() = std::move(*result);
-        reactor->Write(std::move(event));
-      }
-      reactor->Complete(status);
-    };
-    reactor->set_job(*job);
-    if (absl::Status admitted = server_->Admit(*job); !admitted.ok()) {
-      RejectStream(reactor, Method::kReasonStream, admitted, arrival);
-    }
-    return reactor;
+      const grpc::ByteBuffer* request) override {
+    return StartStream<v1::ReasonRequest, v1::ReasonEvent>(
+        Method::kReasonStream, context, *request);
   }
-
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
-                                     const v1::GenerateRequest* request,
-                                     v1::GenerateResponse* response) override {
-    const Clock::time_point arrival = Clock::now();
-    auto* reactor = new UnaryReactor(server_);
-    absl::StatusOr<std::shared_ptr<Job>> job =
-        PrepareGenerate(*request, Method::kGenerate, context, arrival);
-    if (!job.ok()) {
-      Reject(reactor, Method::kGenerate, job.status(), arrival);
-      return reactor;
-    }
-    (*job)->finish_generate = [reactor, response](
-                                  const grpc::Status& status,
-                                  v1::GenerateResponse* result) {
-      if (status.ok()) *response = std::move(*result);
-      reactor->Finish(status);
-    };
-    reactor->set_job(*job);
-    if (absl::Status admitted = server_->Admit(*job); !admitted.ok()) {
-      Reject(reactor, Method::kGenerate, admitted, arrival);
-    }
-    return reactor;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override {
+    return StartUnary<v1::GenerateRequest>(Method::kGenerate, context, *request,
+                                           response);
+  }
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerateStream(
+      grpc::CallbackServerContext* context,
+      const grpc::ByteBuffer* request) override {
+    return StartStream<v1::GenerateRequest, v1::GenerateEvent>(
+        Method::kGenerateStream, context, *request);
   }
 
-  grpc::ServerWriteReactor<v1::GenerateEvent>* GenerateStream(
-      grpc::CallbackServerContext* context,
-      const v1::GenerateRequest* request) override {
-    const Clock::time_point arrival = Clock::now();
-    auto* reactor = new StreamReactor<v1::GenerateEvent>(server_);
-    absl::StatusOr<std::shared_ptr<Job>> job =
-        PrepareGenerate(*request, Method::kGenerateStream, context, arrival);
-    if (!job.ok()) {
-      RejectStream(reactor, Method::kGenerateStream, job.status(), arrival);
-      return reactor;
-    }
-    const std::string request_id = (*job)->request_id;
-    (*job)->emit_generate = [reactor](v1::GenerateEvent event) {
-      reactor->Write(std::move(event));
-    };
-    (*job)->finish_generate = [reactor, request_id](
-                                  const grpc::Status& status,
-                                  v1::GenerateResponse* result) {
-      if (status.ok()) {
-        v1::GenerateEvent event;
-        event.set_request_id(request_id);
-        *event.mutable_result() = std::move(*result);
-        reactor->Write(std::move(event));
-      }
-      reactor->Complete(status);
-    };
-    reactor->set_job(*job);
-    if (absl::Status admitted = server_->Admit(*job); !admitted.ok()) {
-      RejectStream(reactor, Method::kGenerateStream, admitted, arrival);
-    }
-    return reactor;
-  }
-
-  grpc::ServerUnaryReactor* GetServerInfo(
-      grpc::CallbackServerContext* context,
-      const v1::GetServerInfoRequest* request,
-      v1::ServerInfo* response) override {
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override {
     auto* reactor = context->DefaultReactor();
     const Clock::time_point arrival = Clock::now();
-    absl::Status status = server_->CheckServing();
-    if (status.ok()) FillServerInfo(response);
+    v1::GetServerInfoRequest parsed;
+    absl::Status status = ParseRequest(*request, &parsed);
+    if (status.ok()) status = server_->CheckServing();
+    if (status.ok()) {
+      v1::ServerInfo info;
+      FillServerInfo(&info);
+      SerializeResponse(info, response);
+    }
     Observe("GetServerInfo", ToGrpc(status), arrival);
     reactor->Finish(ToGrpc(status));
     return reactor;
   }
 
-  grpc::ServerUnaryReactor* ListProfiles(
-      grpc::CallbackServerContext* context,
-      const v1::ListProfilesRequest* request,
-      v1::ListProfilesResponse* response) override {
+  grpc::ServerUnaryReactor* ListProfiles(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override {
     auto* reactor = context->DefaultReactor();
     const Clock::time_point arrival = Clock::now();
-    absl::Status status = server_->CheckServing();
+    v1::ListProfilesRequest parsed;
+    absl::Status status = ParseRequest(*request, &parsed);
+    if (status.ok()) status = server_->CheckServing();
     if (status.ok()) {
       const Pipeline* pipeline = nullptr;
-      if (!request->pipeline().empty()) {
-        pipeline = impl().FindPipeline(request->pipeline());
-        if (pipeline == nullptr) {
-          status = absl::InvalidArgumentError(
-              absl::StrCat("pipeline: unknown pipeline '", request->pipeline(),
-                           "'; this server has: ", impl().PipelineNames()));
-        }
+      if (!parsed.pipeline().empty()) {
+        pipeline = impl().FindPipeline(parsed.pipeline());
+        if (pipeline == nullptr) status = UnknownPipeline(parsed.pipeline());
       }
       if (status.ok()) {
-        FillProfiles(pipeline, response->mutable_profiles());
+        v1::ListProfilesResponse profiles;
+        FillProfiles(pipeline, profiles.mutable_profiles());
+        SerializeResponse(profiles, response);
       }
     }
     Observe("ListProfiles", ToGrpc(status), arrival);
@@ -647,6 +636,96 @@ class LiteStageServer::Service : public v1::LiteStage::CallbackService {
     reactor->Complete(ToGrpc(status));
   }
 
+  absl::Status UnknownPipeline(const std::string& name) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat("pipeline: unknown pipeline '", Abbreviate(name),
+                     "'; this server has: ", server_->impl_->PipelineNames()));
+  }
+
+  absl::StatusOr<std::shared_ptr<Job>> Prepare(
+      const v1::ReasonRequest& request, Method method,
+      grpc::CallbackServerContext* context, Clock::time_point arrival) {
+    return PrepareReason(request, method, context, arrival);
+  }
+  absl::StatusOr<std::shared_ptr<Job>> Prepare(
+      const v1::GenerateRequest& request, Method method,
+      grpc::CallbackServerContext* context, Clock::time_point arrival) {
+    return PrepareGenerate(request, method, context, arrival);
+  }
+
+  // Parses, validates and admits a unary request; the scheduler thread
+  // answers it through job->finish.
+  template <typename Request>
+  grpc::ServerUnaryReactor* StartUnary(Method method,
+                                       grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer& request_bytes,
+                                       grpc::ByteBuffer* response) {
+    const Clock::time_point arrival = Clock::now();
+    auto* reactor = new UnaryReactor(server_);
+    Request request;
+    absl::Status parsed = ParseRequest(request_bytes, &request);
+    absl::StatusOr<std::shared_ptr<Job>> job =
+        parsed.ok() ? Prepare(request, method, context, arrival)
+                    : absl::StatusOr<std::shared_ptr<Job>>(parsed);
+    if (!job.ok()) {
+      Reject(reactor, method, job.status(), arrival);
+      return reactor;
+    }
+    (*job)->finish = [reactor, response](
+                         const grpc::Status& status,
+                         const google::protobuf::Message* result) {
+      if (status.ok()) SerializeResponse(*result, response);
+      reactor->Finish(status);
+    };
+    reactor->set_job(*job);
+    if (absl::Status admitted = server_->Admit(*job); !admitted.ok()) {
+      Reject(reactor, method, admitted, arrival);
+    }
+    return reactor;
+  }
+
+  // The same for a server stream of `Event`s (v1::ReasonEvent or
+  // v1::GenerateEvent), whose last event carries the result.
+  template <typename Request, typename Event>
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* StartStream(
+      Method method, grpc::CallbackServerContext* context,
+      const grpc::ByteBuffer& request_bytes) {
+    using Result = std::remove_pointer_t<decltype(Event().mutable_result())>;
+    const Clock::time_point arrival = Clock::now();
+    auto* reactor = new StreamReactor<Event>(server_);
+    Request request;
+    absl::Status parsed = ParseRequest(request_bytes, &request);
+    absl::StatusOr<std::shared_ptr<Job>> job =
+        parsed.ok() ? Prepare(request, method, context, arrival)
+                    : absl::StatusOr<std::shared_ptr<Job>>(parsed);
+    if (!job.ok()) {
+      RejectStream(reactor, method, job.status(), arrival);
+      return reactor;
+    }
+    auto emit = [reactor](Event event) { reactor->Write(std::move(event)); };
+    if constexpr (std::is_same_v<Event, v1::ReasonEvent>) {
+      (*job)->emit_reason = std::move(emit);
+    } else {
+      (*job)->emit_generate = std::move(emit);
+    }
+    (*job)->finish = [reactor, request_id = (*job)->request_id](
+                         const grpc::Status& status,
+                         const google::protobuf::Message* result) {
+      if (status.ok()) {
+        Event event;
+        event.set_request_id(request_id);
+        event.mutable_result()->CopyFrom(static_cast<const Result&>(*result));
+        reactor->Write(std::move(event));
+      }
+      reactor->Complete(status);
+    };
+    reactor->set_job(*job);
+    if (absl::Status admitted = server_->Admit(*job); !admitted.ok()) {
+      RejectStream(reactor, method, admitted, arrival);
+    }
+    return reactor;
+  }
+
   std::shared_ptr<Job> NewJob(Method method, const std::string& request_id,
                               grpc::CallbackServerContext* context,
                               Clock::time_point arrival) {
@@ -664,6 +743,18 @@ class LiteStageServer::Service : public v1::LiteStage::CallbackService {
     LS_RETURN_IF_ERROR(server_->CheckServing());
     const Impl& state = impl();
     const ServerOptions& options = server_->options_;
+    LS_RETURN_IF_ERROR(
+        CheckFieldSize("request_id", request.request_id(), kMaxRequestIdBytes));
+    LS_RETURN_IF_ERROR(
+        CheckFieldSize("question", request.question(), kMaxQuestionBytes));
+    for (int i = 0; i < request.choices_size(); ++i) {
+      LS_RETURN_IF_ERROR(CheckFieldSize(absl::StrCat("choices[", i, "]"),
+                                        request.choices(i), kMaxChoiceBytes));
+    }
+    LS_RETURN_IF_ERROR(
+        CheckFieldSize("pipeline", request.pipeline(), kMaxNameBytes));
+    LS_RETURN_IF_ERROR(
+        CheckFieldSize("profile", request.profile(), kMaxNameBytes));
     if (request.question().empty()) {
       return absl::InvalidArgumentError(
           "question: required, must be non-empty");
@@ -672,11 +763,7 @@ class LiteStageServer::Service : public v1::LiteStage::CallbackService {
                                           ? options.default_pipeline
                                           : request.pipeline();
     const Pipeline* pipeline = state.FindPipeline(pipeline_name);
-    if (pipeline == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("pipeline: unknown pipeline '", pipeline_name,
-                       "'; this server has: ", state.PipelineNames()));
-    }
+    if (pipeline == nullptr) return UnknownPipeline(pipeline_name);
     std::string profile_name = request.profile();
     if (profile_name.empty()) {
       profile_name = options.default_profile;
@@ -696,10 +783,6 @@ class LiteStageServer::Service : public v1::LiteStage::CallbackService {
                              request.choices().end());
     LS_ASSIGN_OR_RETURN(reasoning.sampling,
                         SamplingFromProto(request.sampling()));
-    if (request.has_early_exit()) {
-      LS_ASSIGN_OR_RETURN(reasoning.early_exit_override,
-                          EarlyExitFromProto(request.early_exit()));
-    }
     if (request.max_new_tokens() < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("max_new_tokens: must be >= 0 (0: the pipeline's), got ",
@@ -714,6 +797,11 @@ class LiteStageServer::Service : public v1::LiteStage::CallbackService {
     reasoning.max_new_tokens_cap = request.max_new_tokens() > 0
                                        ? request.max_new_tokens()
                                        : options.max_new_tokens;
+    if (request.has_early_exit()) {
+      LS_ASSIGN_OR_RETURN(reasoning.early_exit_override,
+                          EarlyExitFromProto(request.early_exit(),
+                                             reasoning.max_new_tokens_cap));
+    }
 
     std::shared_ptr<Job> job =
         NewJob(method, request.request_id(), context, arrival);
@@ -741,6 +829,13 @@ class LiteStageServer::Service : public v1::LiteStage::CallbackService {
     LS_RETURN_IF_ERROR(server_->CheckServing());
     const Impl& state = impl();
     const ServerOptions& options = server_->options_;
+    LS_RETURN_IF_ERROR(
+        CheckFieldSize("request_id", request.request_id(), kMaxRequestIdBytes));
+    LS_RETURN_IF_ERROR(
+        CheckFieldSize("prompt", request.prompt(), kMaxPromptBytes));
+    LS_RETURN_IF_ERROR(
+        CheckFieldSize("profile", request.profile(), kMaxNameBytes));
+    LS_RETURN_IF_ERROR(CheckFieldSize("stage", request.stage(), kMaxNameBytes));
     if (request.prompt().empty()) {
       return absl::InvalidArgumentError("prompt: required, must be non-empty");
     }
@@ -761,10 +856,17 @@ class LiteStageServer::Service : public v1::LiteStage::CallbackService {
     generation.max_new_tokens = request.max_new_tokens() > 0
                                     ? request.max_new_tokens()
                                     : options.max_new_tokens;
+    if (request.stop_size() > kMaxStopStrings) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stop: ", request.stop_size(),
+                       " stop strings, over the limit of ", kMaxStopStrings));
+    }
     for (int i = 0; i < request.stop_size(); ++i) {
+      const std::string field = absl::StrCat("stop[", i, "]");
+      LS_RETURN_IF_ERROR(CheckFieldSize(field, request.stop(i), kMaxStopBytes));
       if (request.stop(i).empty()) {
         return absl::InvalidArgumentError(
-            absl::StrCat("stop[", i, "]: empty stop string"));
+            absl::StrCat(field, ": empty stop string"));
       }
       generation.stop_strings.push_back(request.stop(i));
     }
@@ -781,15 +883,16 @@ class LiteStageServer::Service : public v1::LiteStage::CallbackService {
       if (profile->stages.count(request.stage()) == 0) {
         return absl::InvalidArgumentError(
             absl::StrCat("stage: profile '", profile_name, "' has no stage '",
-                         request.stage(), "'"));
+                         Abbreviate(request.stage()), "'"));
       }
     }
     const StageProfile& settings = profile->ForStage(request.stage());
     generation.skip = settings.skip;
     generation.early_exit = settings.early_exit;
     if (request.has_early_exit()) {
-      LS_ASSIGN_OR_RETURN(generation.early_exit,
-                          EarlyExitFromProto(request.early_exit()));
+      LS_ASSIGN_OR_RETURN(
+          generation.early_exit,
+          EarlyExitFromProto(request.early_exit(), generation.max_new_tokens));
     }
     absl::StatusOr<std::vector<int32_t>> tokens =
         request.chat() ? state.engine->EncodeChat(request.prompt())
@@ -1003,8 +1106,12 @@ absl::StatusOr<std::unique_ptr<LiteStageServer>> LiteStageServer::Start(
                           : std::make_shared<prometheus::Registry>();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  InstallProtobufLogHandler();
   server->service_ = std::make_unique<Service>(server.get());
   grpc::ServerBuilder builder;
+  // Larger requests are refused by gRPC (RESOURCE_EXHAUSTED) before any
+  // handler runs; every field has its own, smaller bound (server/wire.h).
+  builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxRequestBytes));
   // Two servers must never share a port silently.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   const std::string listen = absl::StrCat(opts.host, ":", opts.port);
@@ -1055,14 +1162,18 @@ void LiteStageServer::BeginDrain() {
 void LiteStageServer::Shutdown(double grace_seconds) {
   if (shut_down_.exchange(true)) return;
   BeginDrain();
+  bool grace_over = false;
   {
     std::unique_lock<std::mutex> lock(mutex_);
     const auto grace = std::chrono::duration_cast<Clock::duration>(
         std::chrono::duration<double>(std::max(0.0, grace_seconds)));
-    state_cv_.wait_for(lock, grace, [&] { return in_flight_.load() == 0; });
-    if (in_flight_.load() > 0) {
+    state_cv_.wait_for(lock, grace, [&] { return undelivered_.load() == 0; });
+    if (undelivered_.load() > 0) {
+      grace_over = true;
       LS_LOG(WARNING) << "grace period over: cancelling " << in_flight_.load()
-                      << " requests";
+                      << " requests still running; "
+                      << undelivered_.load() - in_flight_.load()
+                      << " answered ones are still being delivered";
       cancel_all_ = true;
       wake_cv_.notify_all();
       // Only a loaded server has accepted requests, and its scheduler
@@ -1071,8 +1182,11 @@ void LiteStageServer::Shutdown(double grace_seconds) {
     }
   }
   if (grpc_server_) {
-    grpc_server_->Shutdown(std::chrono::system_clock::now() +
-                           std::chrono::seconds(1));
+    // Cancels the calls still writing to slow readers: after the grace
+    // period at once, else after a second (all were delivered already).
+    grpc_server_->Shutdown(
+        std::chrono::system_clock::now() +
+        (grace_over ? std::chrono::seconds(0) : std::chrono::seconds(1)));
   }
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -1114,11 +1228,21 @@ absl::Status LiteStageServer::Admit(std::shared_ptr<Job> job) {
           "admission queue full (", waiting,
           " requests waiting); retry with backoff or another replica"));
     }
+    job->admitted.store(true);
     admission_.push_back(std::move(job));
     in_flight_.fetch_add(1);
+    undelivered_.fetch_add(1);
   }
   wake_cv_.notify_one();
   return absl::OkStatus();
+}
+
+void LiteStageServer::RequestDelivered() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    undelivered_.fetch_sub(1);
+  }
+  state_cv_.notify_all();
 }
 
 void LiteStageServer::Wake() {
@@ -1281,7 +1405,7 @@ void LiteStageServer::SchedulerLoop() {
         SublayersToProto(result.sublayers, response.mutable_sublayers());
         FillTimings(job, total, response.mutable_timings());
       }
-      job.finish_reason(status, &response);
+      job.finish(status, &response);
     } else {
       v1::GenerateResponse response;
       if (status.ok()) {
@@ -1296,7 +1420,7 @@ void LiteStageServer::SchedulerLoop() {
         FillTimings(job, total, response.mutable_timings());
         response.set_mean_confidence(MeanMaxProb(r.confidences));
       }
-      job.finish_generate(status, &response);
+      job.finish(status, &response);
     }
     if (ServerMetrics* metrics = this->metrics()) {
       metrics->ObserveRequest(MethodName(job.method),

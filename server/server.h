@@ -111,9 +111,10 @@ class LiteStageServer {
   // requests already accepted keep running. Idempotent.
   void BeginDrain();
   bool draining() const { return draining_.load(); }
-  // BeginDrain, wait up to `grace_seconds` for accepted requests to finish,
-  // cancel what is left (UNAVAILABLE), then stop gRPC and the scheduler
-  // thread. Idempotent.
+  // BeginDrain, wait up to `grace_seconds` for accepted requests to be
+  // answered AND delivered (a slow reader of a stream gets every message it
+  // was promised within the grace period), cancel what is left (UNAVAILABLE),
+  // then stop gRPC and the scheduler thread. Idempotent.
   void Shutdown(double grace_seconds);
 
   // Metrics (null until the model is loaded).
@@ -128,12 +129,17 @@ class LiteStageServer {
   double kv_cache_usage() const { return kv_cache_usage_.load(); }
   // Accepted requests not yet answered (queued or running).
   int64_t requests_in_flight() const { return in_flight_.load(); }
+  // Accepted requests whose RPC is not done yet: not answered, or answered
+  // but still being written to the client.
+  int64_t requests_undelivered() const { return undelivered_.load(); }
   int64_t requests_running() const { return running_.load(); }
 
   struct Job;  // One accepted request (server.cc).
 
   // Wakes the scheduler thread (a request was cancelled); any thread.
   void Wake();
+  // An accepted request's RPC is done (its reactor's OnDone); any thread.
+  void RequestDelivered();
 
  private:
   class Service;
@@ -177,6 +183,7 @@ class LiteStageServer {
   std::thread scheduler_thread_;
 
   std::atomic<int64_t> in_flight_{0};
+  std::atomic<int64_t> undelivered_{0};
   std::atomic<int64_t> running_{0};
   std::atomic<int64_t> max_batch_seen_{0};
   std::atomic<double> kv_cache_usage_{0};

@@ -683,7 +683,12 @@ TEST(ServerHealthTest, LoadingServingDraining) {
 }
 
 TEST(ServerDrainTest, AcceptedRequestsFinishDuringDrain) {
-  std::unique_ptr<LiteStageServer> server = StartReady(TinyOptions());
+  // Long generations, so that the requests are still running when the
+  // drain starts (the pipeline's short stages finished before the first
+  // poll at times).
+  ServerOptions options = TinyOptions();
+  options.max_new_tokens = 256;
+  std::unique_ptr<LiteStageServer> server = StartReady(options);
   ASSERT_NE(server, nullptr);
   auto stub = v1::LiteStage::NewStub(ChannelTo(*server));
   constexpr int kRequests = 8;
@@ -693,10 +698,11 @@ TEST(ServerDrainTest, AcceptedRequestsFinishDuringDrain) {
     threads.emplace_back([&, i] {
       grpc::ClientContext context;
       SetDeadline(&context, 30);
-      v1::ReasonRequest request;
-      request.set_question(absl::StrCat("Drain ", i));
-      v1::ReasonResponse response;
-      ok += stub->Reason(&context, request, &response).ok();
+      v1::GenerateRequest request;
+      request.set_prompt(absl::StrCat("Drain ", i));
+      request.set_max_new_tokens(256);
+      v1::GenerateResponse response;
+      ok += stub->Generate(&context, request, &response).ok();
     });
   }
   ASSERT_TRUE(Eventually([&] { return server->requests_in_flight() > 0; }));
