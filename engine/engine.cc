@@ -102,8 +102,8 @@ std::string Engine::Describe() const {
 }
 
 absl::StatusOr<std::vector<int32_t>> Engine::EncodePrompt(
-    absl::string_view text) const {
-  return tokenizer_->Encode(text, /*add_special_tokens=*/true);
+    absl::string_view text, absl::Span<const TextRange> plain_text) const {
+  return tokenizer_->Encode(text, /*add_special_tokens=*/true, plain_text);
 }
 
 absl::StatusOr<std::vector<int32_t>> Engine::EncodeChat(
@@ -113,10 +113,11 @@ absl::StatusOr<std::vector<int32_t>> Engine::EncodeChat(
         weights_->source, " has no chat template; use a raw prompt"));
   }
   const ChatMessage message{"user", std::string(user_message)};
-  const std::string prompt =
-      chat_template_->Render({&message, 1}, /*add_generation_prompt=*/true);
+  std::vector<TextRange> content;
+  const std::string prompt = chat_template_->Render(
+      {&message, 1}, /*add_generation_prompt=*/true, &content);
   // The template writes every special token (BOS included) itself.
-  return tokenizer_->Encode(prompt, /*add_special_tokens=*/false);
+  return tokenizer_->Encode(prompt, /*add_special_tokens=*/false, content);
 }
 
 absl::Status Engine::ForwardPrompt(absl::Span<const int32_t> tokens,

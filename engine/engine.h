@@ -103,11 +103,15 @@ class Engine {
   // "model_dir (llama, 5 layers, f32)"; says "SYNTHETIC" for random weights.
   std::string Describe() const;
 
-  // Prompt text -> ids, with the tokenizer's BOS/prefix.
+  // Prompt text -> ids, with the tokenizer's BOS/prefix. Special-token text
+  // is parsed as control tokens except where it overlaps `plain_text`
+  // (Tokenizer::Encode).
   absl::StatusOr<std::vector<int32_t>> EncodePrompt(
-      absl::string_view text) const;
-  // Chat-formatted single user turn -> ids. FailedPrecondition without a
-  // chat template.
+      absl::string_view text,
+      absl::Span<const TextRange> plain_text = {}) const;
+  // Chat-formatted single user turn -> ids. The message is plain text: its
+  // special-token text never becomes control tokens. FailedPrecondition
+  // without a chat template.
   absl::StatusOr<std::vector<int32_t>> EncodeChat(
       absl::string_view user_message) const;
 

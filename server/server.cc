@@ -894,9 +894,14 @@ class LiteStageServer::Service : public RawLiteStageService {
           generation.early_exit,
           EarlyExitFromProto(request.early_exit(), generation.max_new_tokens));
     }
+    const std::vector<TextRange> plain_prompt =
+        request.split_special_tokens()
+            ? std::vector<TextRange>{{0, request.prompt().size()}}
+            : std::vector<TextRange>{};
     absl::StatusOr<std::vector<int32_t>> tokens =
-        request.chat() ? state.engine->EncodeChat(request.prompt())
-                       : state.engine->EncodePrompt(request.prompt());
+        request.chat()
+            ? state.engine->EncodeChat(request.prompt())
+            : state.engine->EncodePrompt(request.prompt(), plain_prompt);
     if (!tokens.ok()) {
       return absl::Status(tokens.status().code(),
                           absl::StrCat(request.chat() ? "chat: " : "prompt: ",

@@ -624,10 +624,9 @@ absl::Status ValidatePromptInputs(const Pipeline& pipeline,
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> RenderStagePrompt(const Pipeline& pipeline,
-                                              size_t stage_index,
-                                              const PromptInputs& inputs,
-                                              std::optional<size_t> option) {
+absl::StatusOr<std::string> RenderStagePrompt(
+    const Pipeline& pipeline, size_t stage_index, const PromptInputs& inputs,
+    std::optional<size_t> option, std::vector<TextRange>* user_text) {
   if (stage_index >= pipeline.stages.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("pipeline '", pipeline.name, "': no stage ", stage_index,
@@ -654,18 +653,27 @@ absl::StatusOr<std::string> RenderStagePrompt(const Pipeline& pipeline,
       stage.prompt_template,
       [&](absl::string_view literal) { absl::StrAppend(&out, literal); },
       [&](absl::string_view name) -> absl::Status {
+        // Appends text that did not come from the pipeline.
+        auto untrusted = [&](absl::string_view text) {
+          if (user_text != nullptr && !text.empty()) {
+            user_text->push_back({out.size(), out.size() + text.size()});
+          }
+          out.append(text.data(), text.size());
+        };
         if (name == "question") {
-          out.append(inputs.question);
+          untrusted(inputs.question);
         } else if (name == "choices") {
+          // The whole block: its letters and separators hold no special
+          // token text, and the choices interleave with them.
           absl::Status choices_status;
-          out.append(RenderChoices(pipeline, inputs.choices, &choices_status));
+          untrusted(RenderChoices(pipeline, inputs.choices, &choices_status));
           return choices_status;
         } else if (name == "few_shot") {
           out.append(pipeline.few_shot);
         } else if (name == "option" && option.has_value()) {
           out.append(ChoiceLetter(*option));
         } else if (name == "option_text" && option.has_value()) {
-          out.append(inputs.choices[*option]);
+          untrusted(inputs.choices[*option]);
         } else if (absl::StartsWith(name, kStagePrefix)) {
           const std::string ref(name.substr(kStagePrefix.size()));
           auto it = inputs.stage_outputs.find(ref);
@@ -673,7 +681,7 @@ absl::StatusOr<std::string> RenderStagePrompt(const Pipeline& pipeline,
             return absl::FailedPreconditionError(
                 absl::StrCat("no output of stage '", ref, "' in the inputs"));
           }
-          out.append(it->second);
+          untrusted(it->second);
         } else {
           return UnknownPlaceholder(name);
         }

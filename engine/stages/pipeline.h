@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace re2 {
 class RE2;
@@ -120,11 +121,15 @@ std::vector<std::string> EffectiveChoices(
 
 // The prompt of stage `stage_index`; for a fan-out stage, of the branch for
 // choice `option` (required there, must be nullopt elsewhere). Fails if a
-// referenced stage has no output in `inputs`.
-absl::StatusOr<std::string> RenderStagePrompt(const Pipeline& pipeline,
-                                              size_t stage_index,
-                                              const PromptInputs& inputs,
-                                              std::optional<size_t> option);
+// referenced stage has no output in `inputs`. `user_text`, when given,
+// receives where text from the request and from earlier stages' outputs
+// lies in the prompt ({question}, {choices}, {option_text}, {stage.*}), so
+// that it is encoded as plain text: special-token text a user writes must
+// never become control tokens (Tokenizer::Encode). The pipeline's own text
+// (templates, few-shot) stays trusted.
+absl::StatusOr<std::string> RenderStagePrompt(
+    const Pipeline& pipeline, size_t stage_index, const PromptInputs& inputs,
+    std::optional<size_t> option, std::vector<TextRange>* user_text = nullptr);
 
 // A fan-out stage's output from its branches' outputs ([num_choices], one
 // per choice, same order; a size mismatch is a programmer error).

@@ -90,15 +90,18 @@ absl::StatusOr<std::vector<GenerationRequest>> ReasoningSession::StageRequests()
   std::vector<GenerationRequest> requests;
   requests.reserve(branches);
   for (size_t b = 0; b < branches; ++b) {
+    std::vector<TextRange> user_text;
     LS_ASSIGN_OR_RETURN(
         std::string prompt,
         RenderStagePrompt(
             *pipeline_, next_stage_, inputs_,
-            stage.fan_out ? std::optional<size_t>(b) : std::nullopt));
+            stage.fan_out ? std::optional<size_t>(b) : std::nullopt,
+            &user_text));
     GenerationRequest request = base;
     // Distinct streams per stage and branch when sampling (greedy ignores it).
     request.sampling.seed += 1000003 * next_stage_ + b;
-    LS_ASSIGN_OR_RETURN(request.prompt_tokens, engine_->EncodePrompt(prompt));
+    LS_ASSIGN_OR_RETURN(request.prompt_tokens,
+                        engine_->EncodePrompt(prompt, user_text));
     const int64_t length = static_cast<int64_t>(request.prompt_tokens.size());
     if (context > 0 && length >= context) {
       return absl::OutOfRangeError(

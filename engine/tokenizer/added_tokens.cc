@@ -47,8 +47,19 @@ AddedTokenMatcher::AddedTokenMatcher(const std::vector<AddedToken>& tokens) {
   }
 }
 
+namespace {
+
+bool OverlapsAny(size_t begin, size_t end, absl::Span<const TextRange> ranges) {
+  for (const TextRange& range : ranges) {
+    if (begin < range.end && range.begin < end) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 std::vector<TextSegment> AddedTokenMatcher::Split(
-    absl::string_view text) const {
+    absl::string_view text, absl::Span<const TextRange> plain_text) const {
   std::vector<TextSegment> segments;
   size_t plain_start = 0;  // Start of the pending plain segment.
   size_t pos = 0;
@@ -56,7 +67,9 @@ std::vector<TextSegment> AddedTokenMatcher::Split(
     const AddedToken* match = nullptr;
     for (const AddedToken& token :
          by_first_byte_[static_cast<uint8_t>(text[pos])]) {
-      if (text.substr(pos, token.content.size()) == token.content) {
+      if (text.substr(pos, token.content.size()) == token.content &&
+          !(token.special &&
+            OverlapsAny(pos, pos + token.content.size(), plain_text))) {
         match = &token;
         break;
       }

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace litestage {
 
@@ -33,8 +35,11 @@ class AddedTokenMatcher {
   explicit AddedTokenMatcher(const std::vector<AddedToken>& tokens);
 
   // Cuts `text` into plain segments and added tokens, in order. Segments view
-  // `text`.
-  std::vector<TextSegment> Split(absl::string_view text) const;
+  // `text`. A special token is not matched where its text would overlap a
+  // range of `plain_text` (sorted or not; Tokenizer::Encode says why).
+  std::vector<TextSegment> Split(
+      absl::string_view text,
+      absl::Span<const TextRange> plain_text = {}) const;
 
  private:
   // Tokens bucketed by first byte, longest first within a bucket.

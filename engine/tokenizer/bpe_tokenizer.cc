@@ -382,8 +382,10 @@ std::string ApplyDecoderSteps(const std::string& token,
 
 class BpeTokenizer : public TemplatedTokenizer {
  public:
+  using Tokenizer::Encode;
   absl::StatusOr<std::vector<int32_t>> Encode(
-      absl::string_view text, bool add_special_tokens) const override;
+      absl::string_view text, bool add_special_tokens,
+      absl::Span<const TextRange> plain_text) const override;
   std::string Decode(absl::Span<const int32_t> ids,
                      bool skip_special_tokens) const override;
   std::string TokenBytes(int32_t id, bool skip_special) const override;
@@ -912,12 +914,13 @@ void BpeTokenizer::EncodeWord(absl::string_view word,
 }
 
 absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(
-    absl::string_view text, bool add_special_tokens) const {
+    absl::string_view text, bool add_special_tokens,
+    absl::Span<const TextRange> plain_text) const {
   if (unicode::RepairUtf8(text) != text) {
     return absl::InvalidArgumentError("Encode: text is not valid UTF-8");
   }
   std::vector<int32_t> ids;
-  for (const TextSegment& segment : matcher_.Split(text)) {
+  for (const TextSegment& segment : matcher_.Split(text, plain_text)) {
     if (segment.added_id >= 0) {
       ids.push_back(segment.added_id);
       continue;

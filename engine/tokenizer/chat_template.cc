@@ -155,8 +155,16 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromModelDir(
 }
 
 std::string ChatTemplate::Render(absl::Span<const ChatMessage> messages,
-                                 bool add_generation_prompt) const {
+                                 bool add_generation_prompt,
+                                 std::vector<TextRange>* content_ranges) const {
   std::string out;
+  // Appends message text, recording where it lies.
+  auto content = [&](absl::string_view text) {
+    if (content_ranges != nullptr && !text.empty()) {
+      content_ranges->push_back({out.size(), out.size() + text.size()});
+    }
+    out.append(text.data(), text.size());
+  };
   switch (style_) {
     case Style::kChatML:
       if (!default_system_prompt_.empty() && !messages.empty() &&
@@ -165,8 +173,9 @@ std::string ChatTemplate::Render(absl::Span<const ChatMessage> messages,
                         kImEnd, "\n");
       }
       for (const ChatMessage& message : messages) {
-        absl::StrAppend(&out, kImStart, message.role, "\n", message.content,
-                        kImEnd, "\n");
+        absl::StrAppend(&out, kImStart, message.role, "\n");
+        content(message.content);
+        absl::StrAppend(&out, kImEnd, "\n");
       }
       if (add_generation_prompt) absl::StrAppend(&out, kImStart, "assistant\n");
       break;
@@ -174,8 +183,9 @@ std::string ChatTemplate::Render(absl::Span<const ChatMessage> messages,
       for (const ChatMessage& message : messages) {
         if (message.role == "user" || message.role == "system" ||
             message.role == "assistant") {
-          absl::StrAppend(&out, "<|", message.role, "|>\n", message.content,
-                          eos_token_, "\n");
+          absl::StrAppend(&out, "<|", message.role, "|>\n");
+          content(message.content);
+          absl::StrAppend(&out, eos_token_, "\n");
         }
       }
       if (add_generation_prompt && !messages.empty())
@@ -191,16 +201,18 @@ std::string ChatTemplate::Render(absl::Span<const ChatMessage> messages,
         first = 1;
       }
       for (size_t i = first; i < messages.size(); ++i) {
-        std::string content = messages[i].content;
+        std::string text = messages[i].content;
         if (i == first && system.has_value()) {
-          content =
-              absl::StrCat("<<SYS>>\n", *system, "\n<</SYS>>\n\n", content);
+          text = absl::StrCat("<<SYS>>\n", *system, "\n<</SYS>>\n\n", text);
         }
         if (messages[i].role == "user") {
-          absl::StrAppend(&out, bos_token_, "[INST] ", StripWhitespace(content),
-                          " [/INST]");
+          absl::StrAppend(&out, bos_token_, "[INST] ");
+          content(StripWhitespace(text));
+          absl::StrAppend(&out, " [/INST]");
         } else if (messages[i].role == "assistant") {
-          absl::StrAppend(&out, " ", StripWhitespace(content), " ", eos_token_);
+          absl::StrAppend(&out, " ");
+          content(StripWhitespace(text));
+          absl::StrAppend(&out, " ", eos_token_);
         }
       }
       break;

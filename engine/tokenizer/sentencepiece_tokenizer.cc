@@ -75,14 +75,16 @@ class SentencePieceTokenizer : public TemplatedTokenizer {
     return absl::OkStatus();
   }
 
+  using Tokenizer::Encode;
   absl::StatusOr<std::vector<int32_t>> Encode(
-      absl::string_view text, bool add_special_tokens) const override {
+      absl::string_view text, bool add_special_tokens,
+      absl::Span<const TextRange> plain_text) const override {
     if (unicode::RepairUtf8(text) != text) {
       return absl::InvalidArgumentError("Encode: text is not valid UTF-8");
     }
     std::vector<int32_t> ids;
     std::vector<int> piece_ids;
-    for (const TextSegment& segment : matcher_.Split(text)) {
+    for (const TextSegment& segment : matcher_.Split(text, plain_text)) {
       if (segment.added_id >= 0) {
         ids.push_back(segment.added_id);
         continue;

@@ -206,11 +206,13 @@ class ByteTokenizer : public Tokenizer {
     matcher_ = AddedTokenMatcher(specials);
   }
 
+  using Tokenizer::Encode;
   absl::StatusOr<std::vector<int32_t>> Encode(
-      absl::string_view text, bool add_special_tokens) const override {
+      absl::string_view text, bool add_special_tokens,
+      absl::Span<const TextRange> plain_text) const override {
     std::vector<int32_t> ids;
     if (add_special_tokens && bos_id() >= 0) ids.push_back(bos_id());
-    for (const TextSegment& segment : matcher_.Split(text)) {
+    for (const TextSegment& segment : matcher_.Split(text, plain_text)) {
       if (segment.added_id >= 0) {
         ids.push_back(segment.added_id);
         continue;

@@ -15,6 +15,12 @@
 
 namespace litestage {
 
+// Bytes [begin, end) of a text.
+struct TextRange {
+  size_t begin = 0;
+  size_t end = 0;
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -23,8 +29,19 @@ class Tokenizer {
   // "<|im_start|>") map to their ids, as HF tokenizers do by default. With
   // `add_special_tokens` the tokenizer's configured prefix (BOS for Llama) is
   // prepended, matching HF `encode(text, add_special_tokens=True)`.
+  absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text,
+                                              bool add_special_tokens) const {
+    return Encode(text, add_special_tokens, {});
+  }
+  // The same, except that a special token whose text overlaps a range of
+  // `plain_text` is not matched there: that text is encoded as ordinary
+  // text, as HF's split_special_tokens=True does. Callers mark what users
+  // wrote (a question, a chat message) so that it can never become control
+  // tokens; non-special added tokens are still matched everywhere. Ranges
+  // must lie within `text`.
   virtual absl::StatusOr<std::vector<int32_t>> Encode(
-      absl::string_view text, bool add_special_tokens) const = 0;
+      absl::string_view text, bool add_special_tokens,
+      absl::Span<const TextRange> plain_text) const = 0;
 
   // Decodes ids to text like HF `decode(ids, skip_special_tokens=...)`.
   virtual std::string Decode(absl::Span<const int32_t> ids,
@@ -125,8 +142,11 @@ class ChatTemplate {
         eos_token_(std::move(eos_token)) {}
 
   // Renders messages and, with `add_generation_prompt`, the assistant header.
+  // `content_ranges`, when given, receives where the messages' contents lie
+  // in the result (to encode them as plain text, see Tokenizer::Encode).
   std::string Render(absl::Span<const ChatMessage> messages,
-                     bool add_generation_prompt) const;
+                     bool add_generation_prompt,
+                     std::vector<TextRange>* content_ranges = nullptr) const;
   Style style() const { return style_; }
 
   // ChatML only: the system message used when messages[0] is not "system"
