@@ -260,6 +260,28 @@ TEST(SpWireTest, MinimalModelEncodes) {
   EXPECT_THAT(*ids, ElementsAre(6, 0));
 }
 
+// A USER_DEFINED piece is matched whole inside the normalized text, not
+// split out like control pieces: no dummy prefix after it, and it is not
+// special. Ids from Python sentencepiece 0.2.3 on the same model
+// (tests/fuzz/corpus/fuzz_sp_model/minimal.model): "ab a<x>b" -> [8, 6, 9, 4],
+// " ab" -> [5, 8] without remove_extra_whitespaces.
+TEST(SpWireTest, UserDefinedPieceAndKeptSpaces) {
+  const std::string model =
+      MinimalPieces() + Piece("<x>", 0, 4) + BpeTrainer() +
+      LenField(3, LenField(1, "identity") + VarintField(4, 0));
+  absl::StatusOr<std::unique_ptr<TemplatedTokenizer>> tok =
+      LoadSentencePieceModel(model, kPath);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  absl::StatusOr<std::vector<int32_t>> ids = (*tok)->Encode("ab a<x>b", false);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_THAT(*ids, ElementsAre(8, 6, 9, 4));
+  EXPECT_FALSE((*tok)->IsSpecial(9));
+  EXPECT_EQ((*tok)->Decode(*ids, true), "ab a<x>b");
+  ids = (*tok)->Encode(" ab", false);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_THAT(*ids, ElementsAre(5, 8));
+}
+
 TEST(SpWireTest, UnknownFieldsAreSkipped) {
   const std::string unknown = VarintField(99, 12345) + Tag(98, 1) +
                               std::string(8, 'x') + LenField(97, "junk") +
