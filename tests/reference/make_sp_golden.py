@@ -26,6 +26,10 @@ Purpose
   (a directory holding only tokenizer.model, as LoadTokenizer sees it), and
   every model's ids to tests/golden/tokenizers/sp/<name>/encodings.json
   (stories260K: tests/golden/tokenizers/sp/stories260K_encodings.json).
+  It also writes the fuzz_sp_model seeds under tests/fuzz/corpus/
+  fuzz_sp_model/: llama_bpe.model (a copy of (b)) and minimal.model (ten
+  hand-written pieces incl. a USER_DEFINED one, remove_extra_whitespaces
+  off; sp_model_test.cc builds the same model byte by byte).
 
   Each record of CORPUS_TEST (make_tokenizer_golden.py: CJK, accents,
   emoji + ZWJ, whitespace runs, digits, code, newlines/tabs) holds
@@ -179,6 +183,26 @@ def variant(serialized, **normalizer):
     return proto.SerializeToString()
 
 
+def write_fuzz_seeds(llama_bpe):
+    seeds = REPO / "tests" / "fuzz" / "corpus" / "fuzz_sp_model"
+    seeds.mkdir(parents=True, exist_ok=True)
+    (seeds / "llama_bpe.model").write_bytes(llama_bpe)
+    T = model_pb2.ModelProto.SentencePiece
+    m = model_pb2.ModelProto()
+    for text, score, kind in [
+            ("<unk>", 0, T.UNKNOWN), ("<s>", 0, T.CONTROL),
+            ("</s>", 0, T.CONTROL), ("a", -1, T.NORMAL), ("b", -2, T.NORMAL),
+            ("\u2581", -3, T.NORMAL), ("\u2581a", -4, T.NORMAL),
+            ("ab", -5, T.NORMAL), ("\u2581ab", -6, T.NORMAL),
+            ("<x>", 0, T.USER_DEFINED)]:
+        p = m.pieces.add()
+        p.piece, p.score, p.type = text, score, kind
+    m.trainer_spec.model_type = model_pb2.TrainerSpec.BPE
+    m.normalizer_spec.name = "identity"
+    m.normalizer_spec.remove_extra_whitespaces = False
+    (seeds / "minimal.model").write_bytes(m.SerializeToString())
+
+
 def main():
     stories = SHARED / "models" / "stories260K" / "tokenizer.model"
     record("stories260K", stories.read_bytes(),
@@ -195,6 +219,7 @@ def main():
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "tokenizer.model").write_bytes(serialized)
         record(name, serialized, directory / "encodings.json")
+    write_fuzz_seeds(base)
 
 
 if __name__ == "__main__":
