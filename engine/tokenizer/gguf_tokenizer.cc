@@ -180,8 +180,12 @@ absl::StatusOr<json> GptDocument(const GgufTokenizerData& data,
 // two vocabulary tokens is a merge ranked by the whole token's score (best
 // first); ties keep vocabulary order, then shorter left/right pieces first
 // in the stable descending sort.
+// `merged_types`, when not empty, lists the token types a merge may produce
+// (others are never built from smaller pieces).
 std::vector<std::pair<std::string, std::string>> MergesFromScores(
-    const std::vector<std::string>& tokens, const std::vector<float>& scores) {
+    const std::vector<std::string>& tokens, const std::vector<float>& scores,
+    const std::vector<int32_t>& token_types,
+    const std::vector<int32_t>& merged_types) {
   // Dict semantics: first-insertion order, last value.
   absl::flat_hash_map<std::string, int32_t> vocab;
   absl::flat_hash_map<std::string, float> score_of;
@@ -196,7 +200,17 @@ std::vector<std::pair<std::string, std::string>> MergesFromScores(
     float score;
   };
   std::vector<Merge> merges;
+  auto mergeable = [&](const std::string& token) {
+    if (merged_types.empty()) return true;
+    const size_t id = static_cast<size_t>(vocab[token]);
+    const int32_t type = id < token_types.size()
+                             ? token_types[id]
+                             : static_cast<int32_t>(GgufTokenType::kNormal);
+    return std::find(merged_types.begin(), merged_types.end(), type) !=
+           merged_types.end();
+  };
   for (const std::string& token : order) {
+    if (!mergeable(token)) continue;
     // Python slices by code point.
     const std::vector<unicode::CodePoint> cps = unicode::Decode(token);
     std::vector<Merge> local;
@@ -242,7 +256,12 @@ absl::StatusOr<json> LlamaDocument(const GgufTokenizerData& data,
                      " entries for ", data.tokens.size(), " tokens"));
   }
   json merges = json::array();
-  for (auto& [left, right] : MergesFromScores(data.tokens, data.scores)) {
+  std::vector<int32_t> merged_types;
+  if (options.sentencepiece_merges) {
+    merged_types = {static_cast<int32_t>(GgufTokenType::kNormal), kUserDefined};
+  }
+  for (auto& [left, right] : MergesFromScores(data.tokens, data.scores,
+                                              data.token_types, merged_types)) {
     merges.push_back(json::array({left, right}));
   }
   json added = json::array();

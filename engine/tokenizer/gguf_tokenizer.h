@@ -74,6 +74,11 @@ struct LlamaVocabOptions {
   bool byte_fallback = true;
   // The decoder drops one leading space (the dummy prefix).
   bool strip_leading_space = true;
+  // Only NORMAL and USER_DEFINED pieces are merge results, as in
+  // sentencepiece's BPE, which never emits an UNUSED piece nor builds a
+  // control/unknown/byte piece from smaller ones. transformers' GGUF
+  // conversion merges into any piece, so GGUF leaves this off.
+  bool sentencepiece_merges = false;
 };
 
 // The "llama" (SentencePiece-BPE) half of BuildGgufTokenizer, shared with

@@ -114,6 +114,7 @@ class SentencePieceTokenizer : public TemplatedTokenizer {
     options.pre_normalized = true;
     options.byte_fallback = model.byte_fallback;
     options.strip_leading_space = strips_leading_space_;
+    options.sentencepiece_merges = true;
     LS_ASSIGN_OR_RETURN(bpe_, BuildLlamaVocabTokenizer(data, options, source));
     if (bpe_->vocab_size() != count) {
       return absl::InternalError(absl::StrCat(

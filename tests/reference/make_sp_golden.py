@@ -21,7 +21,9 @@ Purpose
     (c) normalizer variants GGUF cannot describe, made by editing (b)'s
         ModelProto with sentencepiece_model_pb2: no_dummy_prefix
         (add_dummy_prefix=false), remove_ws (remove_extra_whitespaces=true),
-        no_escape (escape_whitespaces=false).
+        no_escape (escape_whitespaces=false); plus unused: (b) with the
+        pieces "\u2581up" and "\u2581time" marked UNUSED, which
+        sentencepiece's BPE never emits.
   Models of (b)/(c) go to tests/golden/tokenizers/sp/<name>/tokenizer.model
   (a directory holding only tokenizer.model, as LoadTokenizer sees it), and
   every model's ids to tests/golden/tokenizers/sp/<name>/encodings.json
@@ -72,6 +74,7 @@ EXTRA = [
     "\u2581literal metaspace\u2581\u2581",
     "<unk> and <s> inside </s>",
     "12345 67890",
+    "Once upon a time it was up to the time keeper",
 ]
 
 
@@ -203,6 +206,15 @@ def write_fuzz_seeds(llama_bpe):
     (seeds / "minimal.model").write_bytes(m.SerializeToString())
 
 
+def mark_unused(serialized, pieces):
+    proto = model_pb2.ModelProto()
+    proto.ParseFromString(serialized)
+    for p in proto.pieces:
+        if p.piece in pieces:
+            p.type = model_pb2.ModelProto.SentencePiece.UNUSED
+    return proto.SerializeToString()
+
+
 def main():
     stories = SHARED / "models" / "stories260K" / "tokenizer.model"
     record("stories260K", stories.read_bytes(),
@@ -213,6 +225,7 @@ def main():
         "no_dummy_prefix": variant(base, add_dummy_prefix=False),
         "remove_ws": variant(base, remove_extra_whitespaces=True),
         "no_escape": variant(base, escape_whitespaces=False),
+        "unused": mark_unused(base, {"\u2581up", "\u2581time"}),
     }
     for name, serialized in models.items():
         directory = OUT / name

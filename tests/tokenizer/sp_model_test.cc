@@ -144,7 +144,7 @@ TEST_P(SpGoldenTest, MatchesPythonSentencePiece) {
 INSTANTIATE_TEST_SUITE_P(All, SpGoldenTest,
                          ::testing::Values("stories260K", "llama_bpe",
                                            "no_dummy_prefix", "remove_ws",
-                                           "no_escape"));
+                                           "no_escape", "unused"));
 
 // The variants really differ where their normalizer settings say, so the
 // goldens above exercise each setting.
@@ -162,6 +162,8 @@ TEST(SpGoldenTest, VariantsDiffer) {
   EXPECT_NE(encode("llama_bpe", text), encode("remove_ws", text));
   EXPECT_NE(encode("llama_bpe", "a"), encode("no_dummy_prefix", "a"));
   EXPECT_NE(encode("llama_bpe", "a b"), encode("no_escape", "a b"));
+  EXPECT_NE(encode("llama_bpe", "upon a time"),
+            encode("unused", "upon a time"));
 }
 
 TEST(SpModelTest, Stories260KFields) {
