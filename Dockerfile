@@ -12,7 +12,7 @@ RUN cmake --preset release -DLITESTAGE_BUILD_TESTS=OFF -DLITESTAGE_BUILD_BENCH=O
 FROM debian:12-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libabsl20220623 libsentencepiece0 libre2-9 libutf8proc2 \
+      libabsl20220623 libre2-9 libutf8proc2 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 litestage
 COPY --from=build /src/build/bin/litestage-run /usr/local/bin/litestage-run

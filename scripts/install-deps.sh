@@ -9,7 +9,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libsentencepiece-dev libre2-dev libutf8proc-dev
+  nlohmann-json3-dev libre2-dev libutf8proc-dev
   python3 python3-venv python3-pip
   prometheus python3-prometheus-client python3-grpcio python3-grpc-tools
 )

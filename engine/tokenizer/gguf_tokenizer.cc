@@ -180,8 +180,12 @@ absl::StatusOr<json> GptDocument(const GgufTokenizerData& data,
 // two vocabulary tokens is a merge ranked by the whole token's score (best
 // first); ties keep vocabulary order, then shorter left/right pieces first
 // in the stable descending sort.
+// `merged_types`, when not empty, lists the token types a merge may produce
+// (others are never built from smaller pieces).
 std::vector<std::pair<std::string, std::string>> MergesFromScores(
-    const std::vector<std::string>& tokens, const std::vector<float>& scores) {
+    const std::vector<std::string>& tokens, const std::vector<float>& scores,
+    const std::vector<int32_t>& token_types,
+    const std::vector<int32_t>& merged_types) {
   // Dict semantics: first-insertion order, last value.
   absl::flat_hash_map<std::string, int32_t> vocab;
   absl::flat_hash_map<std::string, float> score_of;
@@ -196,7 +200,17 @@ std::vector<std::pair<std::string, std::string>> MergesFromScores(
     float score;
   };
   std::vector<Merge> merges;
+  auto mergeable = [&](const std::string& token) {
+    if (merged_types.empty()) return true;
+    const size_t id = static_cast<size_t>(vocab[token]);
+    const int32_t type = id < token_types.size()
+                             ? token_types[id]
+                             : static_cast<int32_t>(GgufTokenType::kNormal);
+    return std::find(merged_types.begin(), merged_types.end(), type) !=
+           merged_types.end();
+  };
   for (const std::string& token : order) {
+    if (!mergeable(token)) continue;
     // Python slices by code point.
     const std::vector<unicode::CodePoint> cps = unicode::Decode(token);
     std::vector<Merge> local;
@@ -231,8 +245,10 @@ std::vector<std::pair<std::string, std::string>> MergesFromScores(
 }
 
 // transformers' LlamaTokenizer over the file's pieces: byte-fallback BPE
-// with merges from the scores, Metaspace (prepend "first", no split).
+// with merges from the scores, Metaspace (prepend "first", no split) unless
+// the caller normalizes text itself.
 absl::StatusOr<json> LlamaDocument(const GgufTokenizerData& data,
+                                   const LlamaVocabOptions& options,
                                    const std::string& source) {
   if (data.scores.size() != data.tokens.size()) {
     return absl::InvalidArgumentError(
@@ -240,7 +256,12 @@ absl::StatusOr<json> LlamaDocument(const GgufTokenizerData& data,
                      " entries for ", data.tokens.size(), " tokens"));
   }
   json merges = json::array();
-  for (auto& [left, right] : MergesFromScores(data.tokens, data.scores)) {
+  std::vector<int32_t> merged_types;
+  if (options.sentencepiece_merges) {
+    merged_types = {static_cast<int32_t>(GgufTokenType::kNormal), kUserDefined};
+  }
+  for (auto& [left, right] : MergesFromScores(data.tokens, data.scores,
+                                              data.token_types, merged_types)) {
     merges.push_back(json::array({left, right}));
   }
   json added = json::array();
@@ -254,27 +275,29 @@ absl::StatusOr<json> LlamaDocument(const GgufTokenizerData& data,
   json unk = nullptr;
   if (data.unk_id.has_value()) unk = data.tokens[*data.unk_id];
   const std::string metaspace = "\xE2\x96\x81";  // "▁"
+  json pre_tokenizer = nullptr;
+  if (!options.pre_normalized) {
+    pre_tokenizer = {{"type", "Metaspace"},
+                     {"replacement", metaspace},
+                     {"prepend_scheme", "first"},
+                     {"split", false}};
+  }
+  json decoders =
+      json::array({json{{"type", "Replace"},
+                        {"pattern", {{"String", metaspace}}},
+                        {"content", " "}},
+                   json{{"type", "ByteFallback"}}, json{{"type", "Fuse"}}});
+  if (options.strip_leading_space) {
+    decoders.push_back(
+        json{{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+  }
   return json{
       {"version", "1.0"},
       {"added_tokens", std::move(added)},
       {"normalizer", nullptr},
-      {"pre_tokenizer",
-       {{"type", "Metaspace"},
-        {"replacement", metaspace},
-        {"prepend_scheme", "first"},
-        {"split", false}}},
+      {"pre_tokenizer", std::move(pre_tokenizer)},
       {"post_processor", nullptr},
-      {"decoder",
-       {{"type", "Sequence"},
-        {"decoders",
-         json::array({json{{"type", "Replace"},
-                           {"pattern", {{"String", metaspace}}},
-                           {"content", " "}},
-                      json{{"type", "ByteFallback"}}, json{{"type", "Fuse"}},
-                      json{{"type", "Strip"},
-                           {"content", " "},
-                           {"start", 1},
-                           {"stop", 0}}})}}},
+      {"decoder", {{"type", "Sequence"}, {"decoders", std::move(decoders)}}},
       {"model",
        {{"type", "BPE"},
         {"dropout", nullptr},
@@ -282,7 +305,7 @@ absl::StatusOr<json> LlamaDocument(const GgufTokenizerData& data,
         {"continuing_subword_prefix", nullptr},
         {"end_of_word_suffix", nullptr},
         {"fuse_unk", true},
-        {"byte_fallback", true},
+        {"byte_fallback", options.byte_fallback},
         {"ignore_merges", false},
         {"vocab", VocabJson(data.tokens)},
         {"merges", std::move(merges)}}}};
@@ -323,7 +346,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BuildGgufTokenizer(
   if (data.model == "gpt2") {
     LS_ASSIGN_OR_RETURN(document, GptDocument(data, source));
   } else if (data.model == "llama") {
-    LS_ASSIGN_OR_RETURN(document, LlamaDocument(data, source));
+    LS_ASSIGN_OR_RETURN(document,
+                        LlamaDocument(data, LlamaVocabOptions(), source));
     default_add_bos = true;  // llama.cpp's (and transformers') default.
   } else {
     return absl::UnimplementedError(
@@ -349,6 +373,16 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BuildGgufTokenizer(
   tokenizer->set_prefix_ids(std::move(prefix));
   tokenizer->set_suffix_ids(std::move(suffix));
   return std::unique_ptr<Tokenizer>(std::move(tokenizer));
+}
+
+absl::StatusOr<std::unique_ptr<TemplatedTokenizer>> BuildLlamaVocabTokenizer(
+    const GgufTokenizerData& data, const LlamaVocabOptions& options,
+    const std::string& source) {
+  LS_RETURN_IF_ERROR(
+      CheckId(data.unk_id, "unknown token id", data.tokens.size(), source));
+  LS_ASSIGN_OR_RETURN(const json document,
+                      LlamaDocument(data, options, source));
+  return ParseTokenizerJson(document.dump(), source);
 }
 
 bool IsGgufPath(const std::string& path) {

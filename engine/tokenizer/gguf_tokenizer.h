@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/tokenizer/bpe_tokenizer.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace litestage {
@@ -60,6 +61,34 @@ absl::StatusOr<GgufTokenizerData> ReadGgufTokenizerData(const GgufFile& file);
 // transformers does) and appends EOS with add_eos_token.
 absl::StatusOr<std::unique_ptr<Tokenizer>> BuildGgufTokenizer(
     const GgufTokenizerData& data, const std::string& source);
+
+// How BuildLlamaVocabTokenizer prepares text and decodes.
+struct LlamaVocabOptions {
+  // False (GGUF, as transformers): a Metaspace pre-tokenizer turns spaces
+  // into "\u2581" and prepends one at the start of the text. True
+  // (tokenizer.model): Encode() receives text the caller already normalized
+  // the SentencePiece way, which GGUF cannot describe (remove_extra_
+  // whitespaces, add_dummy_prefix, escape_whitespaces), and only runs BPE.
+  bool pre_normalized = false;
+  // <0xNN> pieces stand in for characters outside the vocabulary.
+  bool byte_fallback = true;
+  // The decoder drops one leading space (the dummy prefix).
+  bool strip_leading_space = true;
+  // Only NORMAL and USER_DEFINED pieces are merge results, as in
+  // sentencepiece's BPE, which never emits an UNUSED piece nor builds a
+  // control/unknown/byte piece from smaller ones. transformers' GGUF
+  // conversion merges into any piece, so GGUF leaves this off.
+  bool sentencepiece_merges = false;
+};
+
+// The "llama" (SentencePiece-BPE) half of BuildGgufTokenizer, shared with
+// tokenizer.model (engine/tokenizer/sentencepiece_tokenizer.cc) so one BPE
+// implementation serves both: `data.tokens`/`scores`/`token_types`/`unk_id`
+// become the tokenizer.json document transformers builds, read by
+// ParseTokenizerJson. BOS/EOS and the template are left to the caller.
+absl::StatusOr<std::unique_ptr<TemplatedTokenizer>> BuildLlamaVocabTokenizer(
+    const GgufTokenizerData& data, const LlamaVocabOptions& options,
+    const std::string& source);
 
 // ReadGgufTokenizerData + BuildGgufTokenizer.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(
