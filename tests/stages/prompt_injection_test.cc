@@ -5,6 +5,7 @@
 // <|im_start|>, <|im_end|>, <|endoftext|> and the non-special added token
 // <tool_call>).
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -187,6 +188,29 @@ TEST(AddedTokenMatcherTest, PlainRangesBlockOnlySpecialTokens) {
     if (segment.added_id >= 0) added.push_back(segment.added_id);
   }
   EXPECT_THAT(added, ::testing::ElementsAre(1, 2));
+}
+
+// tokenizer.model models: the control pieces split off before the
+// SentencePiece-BPE step obey the plain ranges too.
+TEST(PromptInjectionSentencePieceTest, Stories260KControlPieces) {
+  const char* shared = std::getenv("LITESTAGE_SHARED");
+  ASSERT_NE(shared, nullptr) << "LITESTAGE_SHARED must name ../shared";
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      LoadTokenizer(std::string(shared) + "/models/stories260K");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const int32_t bos = (*tokenizer)->bos_id();
+  ASSERT_GE(bos, 0);
+  const std::string text = "a <s> b";
+  absl::StatusOr<std::vector<int32_t>> parsed =
+      (*tokenizer)->Encode(text, false);
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(std::count(parsed->begin(), parsed->end(), bos), 1);
+  const std::vector<TextRange> all = {{0, text.size()}};
+  absl::StatusOr<std::vector<int32_t>> plain =
+      (*tokenizer)->Encode(text, false, all);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(std::count(plain->begin(), plain->end(), bos), 0);
+  EXPECT_EQ((*tokenizer)->Decode(*plain, false), text);
 }
 
 }  // namespace
