@@ -53,7 +53,7 @@ test-asan: asan
 # Builds the libFuzzer targets with clang and runs each briefly.
 fuzz: deps
 	cmake --preset fuzz
-	cmake --build --preset fuzz -j $(JOBS) --target fuzz_safetensors_header fuzz_gguf fuzz_tokenizer
+	cmake --build --preset fuzz -j $(JOBS) --target fuzz_safetensors_header fuzz_gguf fuzz_tokenizer fuzz_profile fuzz_pipeline
 	scripts/run-fuzzers.sh build/fuzz/bin $(FUZZ_SECONDS)
 
 demo: build

@@ -7,7 +7,7 @@ dir="$(cd "${1:?usage: run-fuzzers.sh BIN_DIR SECONDS}" && pwd)"
 seconds="${2:-20}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 status=0
-for target in fuzz_safetensors_header fuzz_gguf fuzz_tokenizer; do
+for target in fuzz_safetensors_header fuzz_gguf fuzz_tokenizer fuzz_profile fuzz_pipeline; do
   binary="$dir/$target"
   if [ ! -x "$binary" ]; then
     echo "run-fuzzers: $binary missing" >&2
