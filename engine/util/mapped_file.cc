@@ -139,8 +139,11 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path,
   while (true) {
     if (filled == contents.size()) {
       if (contents.size() > max_bytes) return too_large(contents.size());
-      contents.resize(std::min<uint64_t>(max_bytes + 1,
-                                         contents.size() + (size_t{1} << 16)));
+      // One byte past the limit tells "at the limit" from "over it";
+      // saturating so that max_bytes = UINT64_MAX cannot wrap to 0.
+      const uint64_t cap = std::max(max_bytes, max_bytes + 1);
+      contents.resize(static_cast<size_t>(
+          std::min<uint64_t>(cap, contents.size() + (size_t{1} << 16))));
     }
     const ssize_t n =
         ::read(*opened, contents.data() + filled, contents.size() - filled);
