@@ -10,6 +10,9 @@
 SHELL := /bin/bash
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 20
+# Every libFuzzer target (tests/fuzz/CMakeLists.txt); `make fuzz` builds and runs them.
+FUZZ_TARGETS := fuzz_safetensors_header fuzz_gguf fuzz_tokenizer fuzz_sp_model \
+  fuzz_profile fuzz_pipeline
 
 # Tests read shared models and data through LITESTAGE_SHARED; ctest runs in
 # the build tree, so a relative path is made absolute here.
@@ -53,8 +56,8 @@ test-asan: asan
 # Builds the libFuzzer targets with clang and runs each briefly.
 fuzz: deps
 	cmake --preset fuzz
-	cmake --build --preset fuzz -j $(JOBS) --target fuzz_safetensors_header fuzz_gguf fuzz_tokenizer fuzz_sp_model
-	scripts/run-fuzzers.sh build/fuzz/bin $(FUZZ_SECONDS)
+	cmake --build --preset fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
+	scripts/run-fuzzers.sh build/fuzz/bin $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 demo: build
 	scripts/demo.sh

@@ -292,9 +292,11 @@ absl::Status Run() {
   settings.warmup = absl::GetFlag(FLAGS_warmup);
   for (const std::string& text : absl::GetFlag(FLAGS_batches)) {
     int64_t batch = 0;
-    if (!absl::SimpleAtoi(text, &batch) || batch < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--batches: '", text, "' is not a positive integer"));
+    // 4096 sequences in one step is far past a CPU batch; larger values
+    // would allocate activations for nothing.
+    if (!absl::SimpleAtoi(text, &batch) || batch < 1 || batch > 4096) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--batches: '", text, "' is not an integer in [1, 4096]"));
     }
     settings.batches.push_back(batch);
   }
@@ -383,6 +385,31 @@ int main(int argc, char** argv) {
       "Benchmarks litestage on bench/hf_peer.py's model directories; see "
       "bench/README.md");
   litestage::ParseFlagsAllowingDashes(argc, argv);
+  // Every numeric flag against its range (docs/server.md, "Limits"). The
+  // read-bandwidth buffer is allocated whole, hence its 64 GiB cap.
+  using litestage::CheckFlagRange;
+  using litestage::kMaxCountFlag;
+  if (const absl::Status flags = litestage::FirstError({
+          CheckFlagRange("prefill-tokens", absl::GetFlag(FLAGS_prefill_tokens),
+                         1, litestage::kMaxNewTokensFlag),
+          CheckFlagRange("decode-prompt-tokens",
+                         absl::GetFlag(FLAGS_decode_prompt_tokens), 1,
+                         litestage::kMaxNewTokensFlag),
+          CheckFlagRange("new-tokens", absl::GetFlag(FLAGS_new_tokens), 1,
+                         litestage::kMaxNewTokensFlag),
+          CheckFlagRange("reps", absl::GetFlag(FLAGS_reps), 1, kMaxCountFlag),
+          CheckFlagRange("warmup", absl::GetFlag(FLAGS_warmup), 0,
+                         kMaxCountFlag),
+          CheckFlagRange("bandwidth-mb", absl::GetFlag(FLAGS_bandwidth_mb), 0,
+                         int64_t{64} << 10),
+          CheckFlagRange("bandwidth-passes",
+                         absl::GetFlag(FLAGS_bandwidth_passes), 1,
+                         kMaxCountFlag),
+      });
+      !flags.ok()) {
+    std::cerr << "engine_bench: " << flags.message() << "\n";
+    return litestage::kUsageExitCode;
+  }
   const absl::Status status = litestage::Run();
   if (!status.ok()) {
     std::cerr << "engine_bench: " << status << "\n";

@@ -33,6 +33,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "engine/early_exit.h"
 #include "engine/engine.h"
 #include "engine/stages/dataset.h"
 #include "engine/stages/importance.h"
@@ -355,6 +356,32 @@ int main(int argc, char** argv) {
       "End-to-end multi-stage latency of LiteStage profiles against the full "
       "model (see the header of bench/stages_bench.cc).");
   litestage::ParseFlagsAllowingDashes(argc, argv);
+  // Every numeric flag against its range (docs/server.md, "Limits").
+  using litestage::CheckFlagRange;
+  using litestage::kMaxCountFlag;
+  if (const absl::Status flags = litestage::FirstError({
+          CheckFlagRange("num-questions", absl::GetFlag(FLAGS_num_questions), 1,
+                         kMaxCountFlag),
+          CheckFlagRange("calibration-questions",
+                         absl::GetFlag(FLAGS_calibration_questions), 1,
+                         kMaxCountFlag),
+          CheckFlagRange("stage-max-new-tokens",
+                         absl::GetFlag(FLAGS_stage_max_new_tokens), 1,
+                         litestage::kMaxNewTokensFlag),
+          CheckFlagRange("early-exit-window",
+                         absl::GetFlag(FLAGS_early_exit_window), 1,
+                         litestage::kMaxEarlyExitWindow),
+          litestage::CheckDoubleFlagRange(
+              "early-exit-quantile", absl::GetFlag(FLAGS_early_exit_quantile),
+              0, 1),
+          CheckFlagRange("reps", absl::GetFlag(FLAGS_reps), 1, kMaxCountFlag),
+          CheckFlagRange("threads", absl::GetFlag(FLAGS_threads), 0,
+                         litestage::kMaxThreadsFlag),
+      });
+      !flags.ok()) {
+    std::cerr << "stages_bench: " << flags.message() << "\n";
+    return litestage::kUsageExitCode;
+  }
   const absl::Status status = litestage::Run();
   if (!status.ok()) {
     std::cerr << "stages_bench: " << status << "\n";

@@ -35,6 +35,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "client/load_stats.h"
+#include "engine/early_exit.h"
 #include "engine/stages/dataset.h"
 #include "engine/util/flags.h"
 #include "engine/util/mapped_file.h"
@@ -127,7 +128,7 @@ namespace {
 namespace pb = ::litestage::v1;
 
 constexpr int kExitOk = 0;
-constexpr int kExitUsage = 1;
+constexpr int kExitUsage = kUsageExitCode;
 constexpr int kExitRpcError = 2;
 constexpr int kExitNotServing = 3;
 
@@ -199,6 +200,40 @@ int FinishStream(Reader& reader, bool got_result) {
     return kExitRpcError;
   }
   return kExitOk;
+}
+
+// Every numeric flag against its range (docs/server.md, "Limits"). -1 (the
+// default) leaves the early-exit window to the server's profile; 0 for
+// max-new-tokens, top-k, top-p, requests and duration means "server default"
+// or "unbounded" as each flag's help says.
+absl::Status ValidateFlags() {
+  return FirstError({
+      CheckDoubleFlagRange("timeout", absl::GetFlag(FLAGS_timeout), 0,
+                           kMaxDurationSeconds),
+      CheckFlagRange("early-exit-window",
+                     absl::GetFlag(FLAGS_early_exit_window), -1,
+                     kMaxEarlyExitWindow),
+      CheckDoubleFlagRange(
+          "early-exit-threshold", absl::GetFlag(FLAGS_early_exit_threshold),
+          -kMaxEarlyExitThresholdFlag, kMaxEarlyExitThresholdFlag),
+      CheckFlagRange("early-exit-min-tokens",
+                     absl::GetFlag(FLAGS_early_exit_min_tokens), 0,
+                     kMaxEarlyExitMinTokens),
+      CheckFlagRange("max-new-tokens", absl::GetFlag(FLAGS_max_new_tokens), 0,
+                     kMaxNewTokensFlag),
+      CheckDoubleFlagRange("temperature", absl::GetFlag(FLAGS_temperature), 0,
+                           kMaxTemperatureFlag),
+      CheckFlagRange("top-k", absl::GetFlag(FLAGS_top_k), 0, kMaxTopKFlag),
+      CheckDoubleFlagRange("top-p", absl::GetFlag(FLAGS_top_p), 0, 1),
+      CheckFlagRange("concurrency", absl::GetFlag(FLAGS_concurrency), 1,
+                     kMaxThreadsFlag),
+      CheckFlagRange("requests", absl::GetFlag(FLAGS_requests), 0,
+                     kMaxCountFlag),
+      CheckDoubleFlagRange("duration", absl::GetFlag(FLAGS_duration), 0,
+                           kMaxDurationSeconds),
+      CheckFlagRange("questions-limit", absl::GetFlag(FLAGS_questions_limit), 0,
+                     kMaxCountFlag),
+  });
 }
 
 int UsageError(const std::string& message) {
@@ -900,6 +935,9 @@ int Main(int argc, char** argv) {
   const std::string subcommand = positional[1];
   if (absl::GetFlag(FLAGS_timeout) <= 0) {
     return UsageError("--timeout must be positive");
+  }
+  if (const absl::Status flags = ValidateFlags(); !flags.ok()) {
+    return UsageError(std::string(flags.message()));
   }
   static const char* const kSubcommands[] = {
       "reason", "stream", "generate", "info", "profiles", "health", "bench"};

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -99,6 +100,10 @@ struct ForwardResult {
   std::vector<SublayerCounts> chunk_sublayers;  // [chunks]
 };
 
+// Most worker threads a backend starts (the pool creates them all up front;
+// past the core count they only contend). Same bound as --threads.
+inline constexpr int kMaxBackendThreads = 1024;
+
 struct BackendOptions {
   int num_threads = 0;              // 0: one per hardware thread.
   int64_t kv_cache_tokens = 16384;  // Total token capacity of the KV cache.
@@ -124,8 +129,27 @@ class Backend {
   std::unique_ptr<KvBlockManager> kv_blocks_;
 };
 
+// Bytes of K and V one cached token takes in the CPU backend's f32 cache:
+// layers x kv heads x head_dim x 2 (K and V) x 4, each product checked for
+// overflow (the config is untrusted input); InvalidArgument on overflow.
+absl::StatusOr<uint64_t> KvCacheBytesPerToken(const ModelConfig& config);
+
+// Checks, before anything is allocated, that a cache of
+// options.kv_cache_tokens (rounded up to whole blocks) fits in
+// `available_bytes`: ResourceExhausted naming --kv-cache-tokens, the bytes
+// needed and the bytes available otherwise (InvalidArgument on overflow).
+// The cache is touched lazily, so an oversized one would not fail at start
+// but kill the process (OOM) once enough sequences ran.
+absl::Status CheckKvCacheFitsMemory(const ModelConfig& config,
+                                    const BackendOptions& options,
+                                    uint64_t available_bytes);
+
+// MemAvailable from /proc/meminfo in bytes; nullopt when unreadable (not
+// Linux, /proc not mounted), in which case the caller skips the check.
+std::optional<uint64_t> AvailableMemoryBytes();
+
 // Creates the backend for `device` ("cpu"; "cuda" once built) over weights
-// that must outlive it.
+// that must outlive it. Rejects a KV cache larger than AvailableMemoryBytes.
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
     const std::string& device, const ModelWeights& weights,
     const BackendOptions& options);

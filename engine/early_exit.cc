@@ -10,13 +10,15 @@
 namespace litestage {
 
 absl::Status ValidateEarlyExitConfig(const EarlyExitConfig& config) {
-  if (config.window < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "early_exit.window must be >= 0 (0 disables), got ", config.window));
+  if (config.window < 0 || config.window > kMaxEarlyExitWindow) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("early_exit.window must be in [0, ", kMaxEarlyExitWindow,
+                     "] (0 disables), got ", config.window));
   }
-  if (config.min_tokens < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "early_exit.min_tokens must be >= 0, got ", config.min_tokens));
+  if (config.min_tokens < 0 || config.min_tokens > kMaxEarlyExitMinTokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("early_exit.min_tokens must be in [0, ",
+                     kMaxEarlyExitMinTokens, "], got ", config.min_tokens));
   }
   if (!std::isfinite(config.threshold)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -33,12 +35,17 @@ absl::Status ValidateEarlyExitConfig(const EarlyExitConfig& config) {
 }
 
 EarlyExitMonitor::EarlyExitMonitor(const EarlyExitConfig& config)
-    : config_(config), window_(std::max<int64_t>(config.window, 0), 0.0f) {}
+    : config_(config) {}
 
 bool EarlyExitMonitor::Push(const TokenConfidence& confidence,
                             int64_t kept_tokens) {
   if (!config_.enabled()) return false;
-  window_[pushed_ % config_.window] = ConfidenceValue(confidence, config_.kind);
+  const float value = ConfidenceValue(confidence, config_.kind);
+  if (static_cast<int64_t>(window_.size()) < config_.window) {
+    window_.push_back(value);  // Still filling: one slot per token pushed.
+  } else {
+    window_[pushed_ % config_.window] = value;
+  }
   ++pushed_;
   if (pushed_ < config_.window || kept_tokens < config_.min_tokens) {
     return false;
@@ -52,11 +59,10 @@ bool EarlyExitMonitor::Push(const TokenConfidence& confidence,
 }
 
 double EarlyExitMonitor::mean() const {
-  const int64_t count = std::min<int64_t>(pushed_, config_.window);
-  if (count == 0) return 0;
+  if (window_.empty()) return 0;
   double sum = 0;
-  for (int64_t i = 0; i < count; ++i) sum += window_[i];
-  return sum / static_cast<double>(count);
+  for (const float value : window_) sum += value;
+  return sum / static_cast<double>(window_.size());
 }
 
 }  // namespace litestage

@@ -27,8 +27,19 @@ struct EarlyExitConfig {
   bool enabled() const { return window > 0; }
   bool operator==(const EarlyExitConfig& other) const = default;
 };
-// InvalidArgument naming the field: window < 0, min_tokens < 0, a
-// non-finite threshold, or a max_prob threshold outside [0, 1].
+// Largest early-exit window. The paper's windows are 4-16 tokens; a window
+// longer than any generation never fills, so it only disables the exit while
+// costing memory. 4096 is far above useful and above the default
+// max_new_tokens of every binary, yet keeps the FIFO at 16 KiB.
+inline constexpr int64_t kMaxEarlyExitWindow = 4096;
+// Largest min_tokens: no generation is longer than the model context, and no
+// context litestage serves comes near 2^20 tokens (the same bound as
+// --max-new-tokens); larger values are typos.
+inline constexpr int64_t kMaxEarlyExitMinTokens = int64_t{1} << 20;
+
+// InvalidArgument naming the field: window outside [0, kMaxEarlyExitWindow],
+// min_tokens outside [0, kMaxEarlyExitMinTokens], a non-finite threshold, or
+// a max_prob threshold outside [0, 1].
 absl::Status ValidateEarlyExitConfig(const EarlyExitConfig& config);
 
 // The FIFO of one sequence (one stage: a new stage gets a new monitor, so
@@ -50,7 +61,10 @@ class EarlyExitMonitor {
 
  private:
   EarlyExitConfig config_;
-  std::vector<float> window_;  // [config.window] ring buffer
+  // Ring buffer of at most config.window values. Grown as tokens are pushed
+  // (never reserved up front), so memory follows the tokens generated, not
+  // the configured window.
+  std::vector<float> window_;
   int64_t pushed_ = 0;
   std::string reason_;
 };

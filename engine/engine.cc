@@ -59,7 +59,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
   } else {
     LS_ASSIGN_OR_RETURN(
         engine->weights_,
-        LoadModelWeights(options.model, LoadOptions{options.matrix_dtype}));
+        LoadModelWeights(options.model,
+                         LoadOptions{.matrix_dtype = options.matrix_dtype,
+                                     .use_mmap = options.use_mmap}));
     LS_ASSIGN_OR_RETURN(engine->tokenizer_, LoadTokenizer(options.model));
     absl::StatusOr<ChatTemplate> chat =
         ChatTemplate::FromModelDir(options.model);

@@ -29,6 +29,8 @@ struct EngineOptions {
   std::optional<DType> matrix_dtype;
   BackendOptions backend;
   uint64_t synthetic_seed = 0;
+  // See LoadOptions::use_mmap (--no-mmap sets false).
+  bool use_mmap = true;
 };
 
 // The --dtype flag of the binaries: "auto" (nullopt: as stored; bf16 for

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Runs every libFuzzer target in DIR for SECONDS each, from an empty corpus
-# plus the seeds under tests/fuzz/corpus/<target>/ when present. Any crash,
-# leak or sanitizer report fails the run.
+# Runs each libFuzzer TARGET in DIR for SECONDS, from an empty corpus plus
+# the seeds under tests/fuzz/corpus/<target>/ when present. Any crash, leak
+# or sanitizer report fails the run. The Makefile's FUZZ_TARGETS names them.
 set -euo pipefail
-dir="$(cd "${1:?usage: run-fuzzers.sh BIN_DIR SECONDS}" && pwd)"
-seconds="${2:-20}"
+usage="usage: run-fuzzers.sh BIN_DIR SECONDS TARGET..."
+dir="$(cd "${1:?$usage}" && pwd)"
+seconds="${2:?$usage}"
+[ $# -ge 3 ] || { echo "$usage" >&2; exit 2; }
 root="$(cd "$(dirname "$0")/.." && pwd)"
 status=0
-for target in fuzz_safetensors_header fuzz_gguf fuzz_tokenizer fuzz_sp_model; do
+for target in "${@:3}"; do
   binary="$dir/$target"
   if [ ! -x "$binary" ]; then
     echo "run-fuzzers: $binary missing" >&2

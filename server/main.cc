@@ -75,9 +75,41 @@ ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain: serve TLS (with --tls-key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls-cert");
 ABSL_FLAG(uint64_t, synthetic_seed, 0, "Seed of synthetic random weights");
+ABSL_FLAG(bool, no_mmap, false,
+          "Copy the weights into memory at load instead of serving them from "
+          "the mapped model files, so the files may be replaced in place "
+          "(see docs/server.md, Model files)");
 
 namespace litestage {
 namespace {
+
+// Largest --max-queue / --max-batch: each waiting request holds its prompt
+// and each batched sequence its activations; 65536 waiting and 4096 in a
+// step are far past what one CPU process serves.
+constexpr int64_t kMaxQueueFlag = 65536;
+constexpr int64_t kMaxBatchFlag = 4096;
+
+// Every numeric flag against its range (docs/server.md, "Limits"), before
+// anything is loaded or bound.
+absl::Status ValidateFlags() {
+  return FirstError({
+      CheckFlagRange("port", absl::GetFlag(FLAGS_port), 0, 65535),
+      CheckFlagRange("metrics-port", absl::GetFlag(FLAGS_metrics_port), 0,
+                     65535),
+      CheckFlagRange("threads", absl::GetFlag(FLAGS_threads), 0,
+                     kMaxThreadsFlag),
+      CheckFlagRange("max-queue", absl::GetFlag(FLAGS_max_queue), 1,
+                     kMaxQueueFlag),
+      CheckFlagRange("max-batch", absl::GetFlag(FLAGS_max_batch), 1,
+                     kMaxBatchFlag),
+      CheckFlagRange("kv-cache-tokens", absl::GetFlag(FLAGS_kv_cache_tokens), 1,
+                     kMaxKvCacheTokensFlag),
+      CheckFlagRange("max-new-tokens", absl::GetFlag(FLAGS_max_new_tokens), 1,
+                     kMaxNewTokensFlag),
+      CheckDoubleFlagRange("grace-period", absl::GetFlag(FLAGS_grace_period), 0,
+                           kMaxGracePeriodSeconds),
+  });
+}
 
 int Run() {
   ServerOptions options;
@@ -86,6 +118,7 @@ int Run() {
   options.engine.synthetic_seed = absl::GetFlag(FLAGS_synthetic_seed);
   options.engine.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.engine.backend.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
+  options.engine.use_mmap = !absl::GetFlag(FLAGS_no_mmap);
   absl::StatusOr<std::optional<DType>> dtype =
       ParseMatrixDType(absl::GetFlag(FLAGS_dtype));
   if (!dtype.ok()) {
@@ -114,11 +147,7 @@ int Run() {
   options.skip_set_batching = *skip_set_batching;
   options.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   options.metrics_registry = std::make_shared<prometheus::Registry>();
-  const double grace = absl::GetFlag(FLAGS_grace_period);
-  if (grace < 0) {
-    std::fprintf(stderr, "litestage-server: --grace-period must be >= 0\n");
-    return 1;
-  }
+  const double grace = absl::GetFlag(FLAGS_grace_period);  // Validated.
 
   // Signals are taken synchronously by this thread (sigtimedwait); block
   // them before any thread starts so every thread inherits the mask.
@@ -205,6 +234,11 @@ int main(int argc, char** argv) {
       "[--port 50051] [--metrics-port 9090] [--profiles a.json,...]\n"
       "Flags may be spelled with dashes or underscores.");
   litestage::ParseFlagsAllowingDashes(argc, argv);
+  if (const absl::Status flags = litestage::ValidateFlags(); !flags.ok()) {
+    std::fprintf(stderr, "litestage-server: %s\n",
+                 std::string(flags.message()).c_str());
+    return litestage::kUsageExitCode;
+  }
   if (absl::GetFlag(FLAGS_model).empty()) {
     std::fprintf(stderr,
                  "litestage-server: --model is required (see --help)\n");

@@ -27,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "engine/early_exit.h"
 #include "engine/engine.h"
 #include "engine/model/fingerprint.h"
 #include "engine/stages/dataset.h"
@@ -64,6 +65,9 @@ ABSL_FLAG(std::string, dtype, "auto",
 ABSL_FLAG(int32_t, threads, 0, "Worker threads; 0 uses every hardware thread");
 ABSL_FLAG(uint64_t, synthetic_seed, 0, "Seed of synthetic random weights");
 ABSL_FLAG(int64_t, kv_cache_tokens, 16384, "Token capacity of the KV cache");
+ABSL_FLAG(bool, no_mmap, false,
+          "Copy the weights into memory at load instead of serving them from "
+          "the mapped model files (see docs/server.md, Model files)");
 
 // Multi-stage reasoning (LiteStage).
 ABSL_FLAG(std::string, pipeline, "",
@@ -101,6 +105,37 @@ ABSL_FLAG(bool, print_pipeline, false,
 
 namespace litestage {
 namespace {
+
+// Every numeric flag against its range (docs/server.md, "Limits"), before
+// anything is loaded.
+absl::Status ValidateFlags() {
+  return FirstError({
+      CheckFlagRange("max-new-tokens", absl::GetFlag(FLAGS_max_new_tokens), 0,
+                     kMaxNewTokensFlag),
+      CheckDoubleFlagRange("temperature", absl::GetFlag(FLAGS_temperature), 0,
+                           kMaxTemperatureFlag),
+      CheckFlagRange("top-k", absl::GetFlag(FLAGS_top_k), 0, kMaxTopKFlag),
+      CheckDoubleFlagRange("top-p", absl::GetFlag(FLAGS_top_p), 0, 1),
+      CheckFlagRange("threads", absl::GetFlag(FLAGS_threads), 0,
+                     kMaxThreadsFlag),
+      CheckFlagRange("kv-cache-tokens", absl::GetFlag(FLAGS_kv_cache_tokens), 1,
+                     kMaxKvCacheTokensFlag),
+      CheckFlagRange("early-exit-window",
+                     absl::GetFlag(FLAGS_early_exit_window), -1,
+                     kMaxEarlyExitWindow),
+      CheckDoubleFlagRange(
+          "early-exit-threshold", absl::GetFlag(FLAGS_early_exit_threshold),
+          -kMaxEarlyExitThresholdFlag, kMaxEarlyExitThresholdFlag),
+      CheckFlagRange("early-exit-min-tokens",
+                     absl::GetFlag(FLAGS_early_exit_min_tokens), 0,
+                     kMaxEarlyExitMinTokens),
+      CheckFlagRange("stage-max-new-tokens",
+                     absl::GetFlag(FLAGS_stage_max_new_tokens), 0,
+                     kMaxNewTokensFlag),
+      CheckFlagRange("importance-limit", absl::GetFlag(FLAGS_importance_limit),
+                     0, kMaxCountFlag),
+  });
+}
 
 // Replaces invalid UTF-8 (possible from random weights) rather than throw.
 void PrintJson(const nlohmann::json& out) {
@@ -239,6 +274,7 @@ absl::Status Run() {
   options.synthetic_seed = absl::GetFlag(FLAGS_synthetic_seed);
   options.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.backend.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
+  options.use_mmap = !absl::GetFlag(FLAGS_no_mmap);
   auto dtype = ParseMatrixDType(absl::GetFlag(FLAGS_dtype));
   if (!dtype.ok()) return dtype.status();
   options.matrix_dtype = *dtype;
@@ -349,6 +385,11 @@ int main(int argc, char** argv) {
       "[--early-exit-window N --early-exit-threshold T] [--json]\n"
       "Flags may be spelled with dashes or underscores.");
   litestage::ParseFlagsAllowingDashes(argc, argv);
+  if (const absl::Status flags = litestage::ValidateFlags(); !flags.ok()) {
+    std::fprintf(stderr, "litestage-run: %s\n",
+                 std::string(flags.message()).c_str());
+    return litestage::kUsageExitCode;
+  }
   const absl::Status status = litestage::Run();
   if (!status.ok()) {
     std::fprintf(stderr, "litestage-run: %s\n", status.ToString().c_str());

@@ -46,9 +46,13 @@ class GgufWeightBuilder {
  public:
   // `rope_head_dim` > 0: the file's Q and K rows are interleaved per head of
   // that size by llama.cpp's converter and are put back in HF order.
+  // `use_mmap` false: every tensor is copied, none is a view into the file.
   GgufWeightBuilder(const GgufFile& file, ModelWeights& weights,
-                    int64_t rope_head_dim)
-      : file_(file), weights_(weights), rope_head_dim_(rope_head_dim) {}
+                    int64_t rope_head_dim, bool use_mmap)
+      : file_(file),
+        weights_(weights),
+        rope_head_dim_(rope_head_dim),
+        use_mmap_(use_mmap) {}
 
   // The tensor `name` after checking it exists, has a type DequantizeRow
   // supports and the shape [rows, cols] (a vector when rows == 0).
@@ -102,7 +106,8 @@ class GgufWeightBuilder {
         (stored->type == GgufType::kF32 && dtype == DType::kF32) ||
         (stored->type == GgufType::kBF16 && dtype == DType::kBF16);
     const auto address = reinterpret_cast<uintptr_t>(stored->data);
-    if (same_type && head_dim == 0 && address % DTypeSize(dtype) == 0) {
+    if (use_mmap_ && same_type && head_dim == 0 &&
+        address % DTypeSize(dtype) == 0) {
       return Tensor{dtype, {rows, cols}, stored->data};
     }
     return Dequantize(*stored, rows, cols, dtype, head_dim);
@@ -176,14 +181,19 @@ class GgufWeightBuilder {
   ModelWeights& weights_;
   std::set<std::string> used_;
   const int64_t rope_head_dim_;
+  const bool use_mmap_;
 };
 
 }  // namespace
 
 bool IsGgufModelPath(const std::string& path) {
+  // Anything that exists and is not a directory is taken as a GGUF file, so
+  // a FIFO or device named *.gguf is rejected by MappedFile::Open with the
+  // reason rather than mistaken for a model directory.
   std::error_code error;
   return absl::EndsWith(path, ".gguf") &&
-         std::filesystem::is_regular_file(path, error);
+         std::filesystem::exists(path, error) &&
+         !std::filesystem::is_directory(path, error);
 }
 
 absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& file) {
@@ -318,8 +328,8 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGgufWeights(
   weights->source = path;
   weights->synthetic = false;
   // Only the llama converter interleaves Q/K rows (Qwen's does not).
-  GgufWeightBuilder builder(file, *weights,
-                            arch == "llama" ? config.head_dim : 0);
+  GgufWeightBuilder builder(
+      file, *weights, arch == "llama" ? config.head_dim : 0, options.use_mmap);
   DType dtype = DType::kF32;  // Quantized blocks dequantize exactly to f32.
   if (options.matrix_dtype) {
     dtype = *options.matrix_dtype;
@@ -349,8 +359,9 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGgufWeights(
   }
   SortSourceTensors(weights->source_tensors);
   // F32/BF16 matrices may be views into the mapping; its address survives
-  // the move.
-  weights->mapped_files.push_back(file.TakeMapping());
+  // the move. Without mmap every tensor was copied and the mapping is
+  // released with `file`.
+  if (options.use_mmap) weights->mapped_files.push_back(file.TakeMapping());
   return weights;
 }
 

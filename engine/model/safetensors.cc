@@ -44,8 +44,8 @@ constexpr size_t kMaxRank = 8;
 
 absl::Status TensorError(absl::string_view source, absl::string_view tensor,
                          absl::string_view reason) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(source, ": tensor '", tensor, "': ", reason));
+  return absl::InvalidArgumentError(absl::StrCat(
+      source, ": tensor '", TruncateForMessage(tensor), "': ", reason));
 }
 
 // A JSON number that is a non-negative integer fitting in uint64.
@@ -76,8 +76,10 @@ absl::StatusOr<SafetensorsTensor> ParseEntry(
   tensor.dtype_name = dtype_it->get<std::string>();
   const DTypeInfo* info = FindDType(tensor.dtype_name);
   if (info == nullptr) {
-    return TensorError(source, name,
-                       absl::StrCat("unknown dtype '", tensor.dtype_name, "'"));
+    return TensorError(
+        source, name,
+        absl::StrCat("unknown dtype '", TruncateForMessage(tensor.dtype_name),
+                     "'"));
   }
   tensor.dtype = info->dtype;
 
@@ -102,14 +104,14 @@ absl::StatusOr<SafetensorsTensor> ParseEntry(
       return TensorError(source, name,
                          absl::StrCat("shape entries must be non-negative "
                                       "integers, got ",
-                                      dim_json.dump()));
+                                      JsonForMessage(dim_json)));
     }
     tensor.shape.push_back(static_cast<int64_t>(*dim));
     if (*dim == 0) has_zero_dim = true;
     if (!has_zero_dim && *dim != 0 &&
         nbytes > std::numeric_limits<uint64_t>::max() / *dim) {
       return TensorError(source, name,
-                         absl::StrCat("shape ", shape_it->dump(),
+                         absl::StrCat("shape ", JsonForMessage(*shape_it),
                                       " overflows the byte count"));
     }
     if (!has_zero_dim) nbytes *= *dim;
@@ -128,7 +130,7 @@ absl::StatusOr<SafetensorsTensor> ParseEntry(
     return TensorError(source, name,
                        absl::StrCat("'data_offsets' must be non-negative "
                                     "integers, got ",
-                                    offsets_it->dump()));
+                                    JsonForMessage(*offsets_it)));
   }
   if (*end < *begin) {
     return TensorError(

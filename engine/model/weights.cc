@@ -68,7 +68,8 @@ absl::Status IndexTensors(TensorSet& set) {
 
 absl::StatusOr<TensorSet> OpenShardedModel(const std::string& model_dir,
                                            const std::string& index_path) {
-  LS_ASSIGN_OR_RETURN(const json index, ReadJsonFile(index_path));
+  LS_ASSIGN_OR_RETURN(const json index,
+                      ReadJsonFile(index_path, kMaxMetadataFileBytes));
   if (!index.is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(index_path, ": must be a JSON object"));
@@ -149,8 +150,9 @@ absl::StatusOr<TensorSet> OpenModelTensors(const std::string& model_dir) {
 // Builds the validated, converted tensors of ModelWeights from a TensorSet.
 class WeightBuilder {
  public:
-  WeightBuilder(const TensorSet& set, ModelWeights& weights)
-      : set_(set), weights_(weights) {}
+  // `use_mmap` false: every tensor is copied, none is a view into a file.
+  WeightBuilder(const TensorSet& set, ModelWeights& weights, bool use_mmap)
+      : set_(set), weights_(weights), use_mmap_(use_mmap) {}
 
   // The stored tensor `name` after checking it exists, has a usable dtype and
   // the expected shape.
@@ -195,7 +197,8 @@ class WeightBuilder {
     LS_ASSIGN_OR_RETURN(FoundTensor found, Lookup(name, {rows, cols}));
     const SafetensorsTensor& stored = *found.tensor;
     const auto address = reinterpret_cast<uintptr_t>(stored.data);
-    if (*stored.dtype == dtype && address % DTypeSize(dtype) == 0) {
+    if (use_mmap_ && *stored.dtype == dtype &&
+        address % DTypeSize(dtype) == 0) {
       return Tensor{dtype, stored.shape, stored.data};
     }
     return Convert(stored, dtype);
@@ -232,6 +235,7 @@ class WeightBuilder {
 
   const TensorSet& set_;
   ModelWeights& weights_;
+  const bool use_mmap_;
   std::set<std::string> used_;
 };
 
@@ -263,7 +267,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(
   weights->config = config;
   weights->source = model_dir;
   weights->synthetic = false;
-  WeightBuilder builder(set, *weights);
+  WeightBuilder builder(set, *weights, options.use_mmap);
   LS_ASSIGN_OR_RETURN(const DType dtype,
                       ChooseMatrixDType(config, options, builder));
   LS_RETURN_IF_ERROR(
@@ -284,8 +288,12 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(
   }
   SortSourceTensors(weights->source_tensors);
   // Views point into the mappings; moving a MappedFile keeps its address.
-  for (SafetensorsFile& file : set.files) {
-    weights->mapped_files.push_back(file.TakeMapping());
+  // Without mmap nothing points into them and they are unmapped with `set`,
+  // so truncating or replacing the files cannot fault the server (SIGBUS).
+  if (options.use_mmap) {
+    for (SafetensorsFile& file : set.files) {
+      weights->mapped_files.push_back(file.TakeMapping());
+    }
   }
   return weights;
 }

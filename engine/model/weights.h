@@ -68,6 +68,11 @@ struct LoadOptions {
   // Convert every matrix to this dtype at load; nullopt keeps the file's
   // dtype (F16 matrices are widened to F32, which the kernels read directly).
   std::optional<DType> matrix_dtype;
+  // True: tensors used in their stored dtype are views into the mapped files
+  // (fast start, page cache shared across processes), so the files must be
+  // replaced atomically (rename), never truncated in place. False
+  // (--no-mmap): every tensor is copied at load and no file stays mapped.
+  bool use_mmap = true;
 };
 
 // Loads a Hugging Face model directory: config.json (+ generation_config.json),

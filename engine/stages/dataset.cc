@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "engine/util/json_util.h"
 #include "engine/util/mapped_file.h"
 #include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -228,7 +229,8 @@ absl::StatusOr<QuestionItem> ParseItem(const json& object,
 
 absl::StatusOr<std::vector<QuestionItem>> LoadQuestions(const std::string& path,
                                                         int64_t limit) {
-  LS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  LS_ASSIGN_OR_RETURN(std::string text,
+                      ReadFileToString(path, kMaxDatasetFileBytes));
   absl::string_view content = text;
   if (content.substr(0, 3) == "\xEF\xBB\xBF") content.remove_prefix(3);  // BOM
 
@@ -239,6 +241,7 @@ absl::StatusOr<std::vector<QuestionItem>> LoadQuestions(const std::string& path,
   const absl::string_view stripped = absl::StripLeadingAsciiWhitespace(content);
   if (!stripped.empty() && stripped.front() == '[') {
     // One JSON array (StrategyQA's dev.json, or plain items).
+    LS_RETURN_IF_ERROR(CheckJsonLimits(stripped, path));
     json doc = json::parse(stripped.begin(), stripped.end(), nullptr,
                            /*allow_exceptions=*/false);
     if (doc.is_discarded() || !doc.is_array()) {
@@ -265,6 +268,7 @@ absl::StatusOr<std::vector<QuestionItem>> LoadQuestions(const std::string& path,
       ++line_number;
       if (line.empty()) continue;
       const std::string where = absl::StrCat(path, ":", line_number);
+      LS_RETURN_IF_ERROR(CheckJsonLimits(line, where));
       json object = json::parse(line.begin(), line.end(), nullptr,
                                 /*allow_exceptions=*/false);
       if (object.is_discarded()) {

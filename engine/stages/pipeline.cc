@@ -158,7 +158,7 @@ absl::Status CheckKnownKeys(const json& object,
           "the final stage)";
     }
     return InvalidAt(
-        where, absl::StrCat("unknown key '", key, "'", hint,
+        where, absl::StrCat("unknown key '", TruncateForMessage(key), "'", hint,
                             "; known keys: ", absl::StrJoin(known, ", ")));
   }
   return absl::OkStatus();

@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "engine/util/check.h"
+#include "engine/util/json_util.h"
 #include "engine/util/mapped_file.h"
 #include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -45,13 +46,13 @@ bool ParseCanonicalCount(absl::string_view text, int64_t* value) {
 // ValidateEarlyExitConfig, spelled with the file's field names.
 std::string EarlyExitProblem(const EarlyExitConfig& config,
                              absl::string_view path) {
-  if (config.window < 0) {
-    return absl::StrCat(path, ".window: must be >= 0 (0 disables), got ",
-                        config.window);
+  if (config.window < 0 || config.window > kMaxEarlyExitWindow) {
+    return absl::StrCat(path, ".window: must be in [0, ", kMaxEarlyExitWindow,
+                        "] (0 disables), got ", config.window);
   }
-  if (config.min_tokens < 0) {
-    return absl::StrCat(path, ".min_tokens: must be >= 0, got ",
-                        config.min_tokens);
+  if (config.min_tokens < 0 || config.min_tokens > kMaxEarlyExitMinTokens) {
+    return absl::StrCat(path, ".min_tokens: must be in [0, ",
+                        kMaxEarlyExitMinTokens, "], got ", config.min_tokens);
   }
   if (!std::isfinite(config.threshold)) {
     return absl::StrCat(path, ".threshold: must be a finite number, got ",
@@ -172,8 +173,8 @@ class ProfileParser {
 
  private:
   absl::Status Error(absl::string_view path, absl::string_view reason) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source_, ": ", path, ": ", reason));
+    return absl::InvalidArgumentError(absl::StrCat(
+        source_, ": ", TruncateForMessage(path, 200), ": ", reason));
   }
 
   static std::string Join(absl::string_view path, absl::string_view key) {
@@ -231,13 +232,14 @@ class ProfileParser {
   absl::StatusOr<int64_t> Int(const json& value, absl::string_view path) const {
     if (!value.is_number_integer()) {
       return Error(path, absl::StrCat("must be an integer, got ",
-                                      value.is_number() ? value.dump()
+                                      value.is_number() ? JsonForMessage(value)
                                                         : value.type_name()));
     }
     if (value.is_number_unsigned() &&
         value.get<uint64_t>() >
             static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return Error(path, absl::StrCat("out of range, got ", value.dump()));
+      return Error(path,
+                   absl::StrCat("out of range, got ", JsonForMessage(value)));
     }
     return value.get<int64_t>();
   }
@@ -593,6 +595,9 @@ double Profile::SkipRatio(const std::string& stage_name,
 
 absl::StatusOr<Profile> ParseProfile(absl::string_view json_text,
                                      absl::string_view source) {
+  // Bounded before nlohmann builds a DOM that later code would recurse
+  // through.
+  LS_RETURN_IF_ERROR(CheckJsonLimits(json_text, source));
   json document;
   try {
     document = json::parse(json_text.begin(), json_text.end());

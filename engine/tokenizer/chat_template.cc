@@ -100,8 +100,11 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromModelDir(
   const std::string jinja_path = model_dir + "/chat_template.jinja";
   std::error_code error;
   json config = json::object();
-  if (std::filesystem::is_regular_file(config_path, error)) {
-    LS_ASSIGN_OR_RETURN(config, ReadJsonFile(config_path));
+  // exists, not is_regular_file: a FIFO or directory here is an error the
+  // reader reports, not a missing file.
+  if (std::filesystem::exists(config_path, error)) {
+    LS_ASSIGN_OR_RETURN(config,
+                        ReadJsonFile(config_path, kMaxMetadataFileBytes));
     if (!config.is_object()) {
       return absl::InvalidArgumentError(
           absl::StrCat(config_path, ": top level is not an object"));

@@ -386,9 +386,13 @@ absl::StatusOr<std::unique_ptr<TemplatedTokenizer>> BuildLlamaVocabTokenizer(
 }
 
 bool IsGgufPath(const std::string& path) {
+  // Anything that exists and is not a directory is taken as a GGUF file, so
+  // a FIFO or device named *.gguf is rejected by MappedFile::Open with the
+  // reason rather than mistaken for a model directory.
   std::error_code error;
   return absl::EndsWithIgnoreCase(path, ".gguf") &&
-         std::filesystem::is_regular_file(path, error);
+         std::filesystem::exists(path, error) &&
+         !std::filesystem::is_directory(path, error);
 }
 
 }  // namespace litestage

@@ -27,15 +27,18 @@ namespace {
 
 using nlohmann::json;
 
+// Whether `path` names anything (following symlinks): a FIFO or directory
+// in place of a tokenizer file is then read and rejected with the reason
+// instead of being silently ignored.
 bool FileExists(const std::string& path) {
   std::error_code error;
-  return std::filesystem::is_regular_file(path, error);
+  return std::filesystem::exists(path, error);
 }
 
 // Reads `path` as JSON when it exists; an empty object when it does not.
 absl::StatusOr<json> ReadOptionalJson(const std::string& path) {
   if (!FileExists(path)) return json::object();
-  LS_ASSIGN_OR_RETURN(json value, ReadJsonFile(path));
+  LS_ASSIGN_OR_RETURN(json value, ReadJsonFile(path, kMaxMetadataFileBytes));
   if (!value.is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": top level is not an object"));
@@ -280,10 +283,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(
   const std::string sp_path = model_dir + "/tokenizer.model";
   std::unique_ptr<TemplatedTokenizer> tokenizer;
   if (FileExists(json_path)) {
-    LS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(json_path));
+    LS_ASSIGN_OR_RETURN(std::string text,
+                        ReadFileToString(json_path, kMaxTokenizerFileBytes));
     LS_ASSIGN_OR_RETURN(tokenizer, ParseTokenizerJson(text, json_path));
   } else if (FileExists(sp_path)) {
-    LS_ASSIGN_OR_RETURN(std::string contents, ReadFileToString(sp_path));
+    LS_ASSIGN_OR_RETURN(std::string contents,
+                        ReadFileToString(sp_path, kMaxTokenizerFileBytes));
     LS_ASSIGN_OR_RETURN(tokenizer, LoadSentencePieceModel(contents, sp_path));
   } else {
     return absl::NotFoundError(absl::StrCat(

@@ -1,8 +1,36 @@
 #include "engine/util/flags.h"
 
+#include <cmath>
+
 #include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
 
 namespace litestage {
+
+absl::Status CheckFlagRange(absl::string_view name, int64_t value, int64_t lo,
+                            int64_t hi) {
+  if (value >= lo && value <= hi) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--", name, ": ", value, " is out of range [", lo, ", ", hi, "]"));
+}
+
+absl::Status CheckDoubleFlagRange(absl::string_view name, double value,
+                                  double lo, double hi) {
+  // Written so that NaN fails: every comparison with NaN is false.
+  if (std::isfinite(value) && value >= lo && value <= hi) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", name, ": ", value, " is out of range [", lo, ", ", hi,
+                   "]", std::isfinite(value) ? "" : " (must be finite)"));
+}
+
+absl::Status FirstError(std::initializer_list<absl::Status> checks) {
+  for (const absl::Status& status : checks) {
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
 
 std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
   std::vector<std::string> args(argv, argv + argc);

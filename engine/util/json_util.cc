@@ -37,10 +37,106 @@ absl::Status WrongType(const char* key, absl::string_view source,
                                                  ", got ", value.type_name()));
 }
 
+// Appends a bounded rendering of `value` to `out`; stops once `out` holds
+// more than `budget` characters.
+void AppendBounded(const json& value, size_t budget, int depth,
+                   std::string& out) {
+  if (out.size() > budget) return;
+  if (depth > kMaxJsonDepth) {
+    out += "...";
+    return;
+  }
+  if (value.is_array()) {
+    out += '[';
+    bool first = true;
+    for (const json& element : value) {
+      if (out.size() > budget) return;
+      if (!first) out += ',';
+      first = false;
+      AppendBounded(element, budget, depth + 1, out);
+    }
+    out += ']';
+  } else if (value.is_object()) {
+    out += '{';
+    bool first = true;
+    for (auto it = value.begin(); it != value.end(); ++it) {
+      if (out.size() > budget) return;
+      if (!first) out += ',';
+      first = false;
+      // Keys and strings are cut before dumping: a 100 MB string must not
+      // be copied to show 80 characters of it.
+      AppendBounded(json(it.key().substr(0, budget)), budget, depth + 1, out);
+      out += ':';
+      AppendBounded(*it, budget, depth + 1, out);
+    }
+    out += '}';
+  } else if (value.is_string()) {
+    const std::string& text = value.get_ref<const std::string&>();
+    out += json(text.substr(0, budget))
+               .dump(-1, ' ', false, json::error_handler_t::replace);
+  } else {
+    out += value.dump();
+  }
+}
+
 }  // namespace
+
+absl::Status CheckJsonLimits(absl::string_view text, absl::string_view source,
+                             int max_depth) {
+  if (text.size() > kMaxJsonTextBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": JSON text is ", text.size(),
+                     " bytes, over the limit of ", kMaxJsonTextBytes));
+  }
+  int depth = 0;
+  bool in_string = false;
+  bool escaped = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": JSON nesting deeper than ", max_depth,
+                         " levels at byte ", i));
+      }
+    } else if (c == ']' || c == '}') {
+      // Unbalanced closers are the parser's to report.
+      if (depth > 0) --depth;
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string JsonForMessage(const json& value, size_t max_chars) {
+  std::string out;
+  AppendBounded(value, max_chars, 0, out);
+  if (out.size() > max_chars) {
+    out.resize(max_chars);
+    out += "...";
+  }
+  return out;
+}
+
+std::string TruncateForMessage(absl::string_view text, size_t max_chars) {
+  if (text.size() <= max_chars) return std::string(text);
+  return absl::StrCat(text.substr(0, max_chars), "...");
+}
 
 absl::StatusOr<json> ParseJson(absl::string_view text,
                                absl::string_view source) {
+  LS_RETURN_IF_ERROR(CheckJsonLimits(text, source));
   json parsed = json::parse(text.begin(), text.end(), /*cb=*/nullptr,
                             /*allow_exceptions=*/false);
   if (parsed.is_discarded()) {
@@ -49,8 +145,8 @@ absl::StatusOr<json> ParseJson(absl::string_view text,
   return parsed;
 }
 
-absl::StatusOr<json> ReadJsonFile(const std::string& path) {
-  LS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+absl::StatusOr<json> ReadJsonFile(const std::string& path, uint64_t max_bytes) {
+  LS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, max_bytes));
   return ParseJson(text, path);
 }
 

@@ -5,10 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -27,22 +26,57 @@ absl::Status ErrnoError(const std::string& path, const char* what) {
   return absl::InternalError(message);
 }
 
-}  // namespace
+// Closes the descriptor on every return path.
+class FdCloser {
+ public:
+  explicit FdCloser(int fd) : fd_(fd) {}
+  FdCloser(const FdCloser&) = delete;
+  FdCloser& operator=(const FdCloser&) = delete;
+  ~FdCloser() {
+    if (fd_ >= 0) ::close(fd_);
+  }
 
-absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+ private:
+  int fd_;
+};
+
+// Opens `path` for reading and checks it is a regular file. O_NONBLOCK makes
+// opening a FIFO with no writer return at once instead of blocking startup
+// forever; it changes nothing for regular files.
+absl::StatusOr<int> OpenRegularFile(const std::string& path, struct stat* st) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) return ErrnoError(path, "open");
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
+  if (::fstat(fd, st) != 0) {
     absl::Status status = ErrnoError(path, "fstat");
     ::close(fd);
     return status;
   }
-  if (!S_ISREG(st.st_mode)) {
+  if (!S_ISREG(st->st_mode)) {
     ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": not a regular file"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": not a regular file (", FileTypeName(st->st_mode), ")"));
   }
+  return fd;
+}
+
+}  // namespace
+
+const char* FileTypeName(unsigned mode) {
+  if (S_ISREG(mode)) return "regular file";
+  if (S_ISDIR(mode)) return "directory";
+  if (S_ISFIFO(mode)) return "fifo";
+  if (S_ISCHR(mode)) return "character device";
+  if (S_ISBLK(mode)) return "block device";
+  if (S_ISSOCK(mode)) return "socket";
+  if (S_ISLNK(mode)) return "symlink";
+  return "unknown file type";
+}
+
+absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
+  struct stat st;
+  absl::StatusOr<int> opened = OpenRegularFile(path, &st);
+  if (!opened.ok()) return opened.status();
+  const int fd = *opened;
   MappedFile file;
   file.path_ = path;
   file.size_ = static_cast<size_t>(st.st_size);
@@ -84,16 +118,46 @@ void MappedFile::Reset() {
   }
 }
 
-absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    errno = errno ? errno : ENOENT;
-    return ErrnoError(path, "open");
+absl::StatusOr<std::string> ReadFileToString(const std::string& path,
+                                             uint64_t max_bytes) {
+  struct stat st;
+  absl::StatusOr<int> opened = OpenRegularFile(path, &st);
+  if (!opened.ok()) return opened.status();
+  FdCloser closer(*opened);
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  const auto too_large = [&](uint64_t at_least) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": file is ", at_least, " bytes, over the limit of ",
+                     max_bytes, " bytes for this kind of file"));
+  };
+  if (size > max_bytes) return too_large(size);
+  // Read until EOF rather than trusting st_size (the file may grow while it
+  // is read), but never past the limit.
+  std::string contents;
+  contents.resize(static_cast<size_t>(size));
+  size_t filled = 0;
+  while (true) {
+    if (filled == contents.size()) {
+      if (contents.size() > max_bytes) return too_large(contents.size());
+      // One byte past the limit tells "at the limit" from "over it";
+      // saturating so that max_bytes = UINT64_MAX cannot wrap to 0.
+      const uint64_t cap = std::max(max_bytes, max_bytes + 1);
+      contents.resize(static_cast<size_t>(
+          std::min<uint64_t>(cap, contents.size() + (size_t{1} << 16))));
+    }
+    const ssize_t n =
+        ::read(*opened, contents.data() + filled, contents.size() - filled);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::DataLossError(
+          absl::StrCat(path, ": read failed: ", std::strerror(errno)));
+    }
+    if (n == 0) break;
+    filled += static_cast<size_t>(n);
   }
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read failed"));
-  return contents.str();
+  if (filled > max_bytes) return too_large(filled);
+  contents.resize(filled);
+  return contents;
 }
 
 }  // namespace litestage

@@ -121,7 +121,9 @@ expect_error() {  # description, expected substring, args...
 }
 expect_error "missing model directory" "/nonexistent/model" --model /nonexistent/model --prompt x
 expect_error "missing --model" "--model" --prompt x
-expect_error "bad top-p" "top_p" --model synthetic:tiny --prompt x --top-p 1.5
+expect_error "bad top-p" "--top-p" --model synthetic:tiny --prompt x --top-p 1.5
+# Out of the sampler's range though inside the flag's: the sampler names it.
+expect_error "zero top-p" "top_p" --model synthetic:tiny --prompt x --top-p 0
 expect_error "bad dtype" "--dtype" --model synthetic:tiny --prompt x --dtype f8
 expect_error "unknown preset" "nope" --model synthetic:nope --prompt x
 expect_error "unknown pipeline" "nosuch" --model synthetic:tiny --pipeline nosuch --question q

@@ -27,6 +27,7 @@
 #include "engine/util/json_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/scoped_temp_dir.h"
 #include "tests/model/gguf_writer.h"
 
 namespace litestage {
@@ -363,7 +364,8 @@ TEST(GgufParseTest, RejectsBadTensorInfos) {
 }
 
 TEST(GgufParseTest, OpenNamesThePathAndMapsTheFile) {
-  const std::string path = ::testing::TempDir() + "/open_test.gguf";
+  const std::string path =
+      litestage::testing::ProcessTempDir().path() + "/open_test.gguf";
   {
     std::FILE* f = std::fopen(path.c_str(), "wb");
     ASSERT_NE(f, nullptr);
@@ -628,7 +630,8 @@ std::string WriteTinyModel(TinyModel& model, const std::string& file_name) {
   }
   add("output_norm.weight", 0, kHidden);
   if (!model.tied) add("output.weight", kVocab, kHidden);
-  const std::string path = ::testing::TempDir() + "/" + file_name;
+  const std::string path =
+      litestage::testing::ProcessTempDir().path() + "/" + file_name;
   std::FILE* f = std::fopen(path.c_str(), "wb");
   LS_CHECK(f != nullptr);
   const std::string bytes = w.Build();
@@ -785,7 +788,8 @@ TEST(GgufWeightsTest, ErrorsNameTheFileAndTensor) {
   {
     GgufWriter w;
     w.AddString("general.architecture", "llama");
-    const std::string path = ::testing::TempDir() + "/no_keys.gguf";
+    const std::string path =
+        litestage::testing::ProcessTempDir().path() + "/no_keys.gguf";
     std::FILE* f = std::fopen(path.c_str(), "wb");
     ASSERT_NE(f, nullptr);
     const std::string bytes = w.Build();
@@ -798,7 +802,8 @@ TEST(GgufWeightsTest, ErrorsNameTheFileAndTensor) {
                 HasSubstr("no_keys.gguf: key 'llama.embedding_length'"));
   }
   {
-    auto weights = LoadModelWeights(::testing::TempDir() + "/absent.gguf");
+    auto weights = LoadModelWeights(
+        litestage::testing::ProcessTempDir().path() + "/absent.gguf");
     EXPECT_FALSE(weights.ok());  // Not a file: treated as a directory.
   }
 }

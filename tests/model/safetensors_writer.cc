@@ -41,8 +41,10 @@ std::string SerializeSafetensors(const std::vector<TensorBytes>& tensors,
 }
 
 std::string MakeTempDir(const std::string& name) {
-  const fs::path dir =
-      fs::path(::testing::TempDir()) / absl::StrCat("litestage_model_", name);
+  // Inside the process's scratch directory, removed when the test binary
+  // exits, so runs leave no litestage_model_* directories behind.
+  const fs::path dir = fs::path(ProcessTempDir().path()) /
+                       absl::StrCat("litestage_model_", name);
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();

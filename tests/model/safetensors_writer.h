@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/model/config.h"
+#include "tests/common/scoped_temp_dir.h"
 
 namespace litestage::testing {
 
@@ -29,7 +30,7 @@ std::string SerializeSafetensors(const std::vector<TensorBytes>& tensors,
 // A file from an explicit header text and data section (for malformed ones).
 std::string RawSafetensors(const std::string& header, const std::string& data);
 
-// A fresh empty directory under the test temp dir.
+// A fresh empty directory inside ProcessTempDir() (removed at exit).
 std::string MakeTempDir(const std::string& name);
 
 void WriteFile(const std::string& path, const std::string& contents);

@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/scoped_temp_dir.h"
 
 namespace litestage {
 namespace {
@@ -67,7 +68,9 @@ CommandResult RunCommand(const std::string& command) {
 }
 
 std::string WriteTempFile(const std::string& name, const std::string& text) {
-  const std::string path = ::testing::TempDir() + "metrics_test_" +
+  // Removed with the process's scratch directory at exit.
+  const std::string path = litestage::testing::ProcessTempDir().path() +
+                           "/metrics_test_" +
                            std::to_string(getpid()) + "_" + name;
   std::ofstream out(path, std::ios::binary);
   out << text;

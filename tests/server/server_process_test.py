@@ -20,6 +20,7 @@ grpc-proto and prometheus (promtool); scripts/install-deps.sh installs them,
 and a missing one is a failure, not a skip.
 """
 
+import atexit
 import collections
 import concurrent.futures
 import os
@@ -38,6 +39,7 @@ BIN_DIR = ""
 PROTO_ROOT = ""
 GRPC_PROTO_ROOT = "/usr/share/grpc-proto"
 STUBS = tempfile.mkdtemp(prefix="server_process_test.")
+atexit.register(shutil.rmtree, STUBS, ignore_errors=True)  # Every exit path.
 
 import grpc  # noqa: E402
 from grpc_tools import protoc  # noqa: E402

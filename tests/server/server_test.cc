@@ -24,6 +24,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/common/scoped_temp_dir.h"
 #include "litestage/v1/litestage.grpc.pb.h"
 #include "server/metrics.h"
 
@@ -55,7 +56,9 @@ constexpr char kPipelineJson[] = R"json({
 
 std::string PipelinePath() {
   static const std::string path = [] {
-    std::string p = ::testing::TempDir() + "/litestage_server_test_mini.json";
+    // Removed with the process's scratch directory at exit.
+    std::string p = litestage::testing::ProcessTempDir().Child(
+        "litestage_server_test_mini.json");
     std::ofstream(p) << kPipelineJson;
     return p;
   }();

@@ -9,8 +9,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/util/json_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/scoped_temp_dir.h"
 #include "tests/stages/scratch_dir.h"
 
 namespace litestage {
@@ -225,6 +227,29 @@ TEST_F(DatasetFileTest, MissingFileNamesThePath) {
   ASSERT_FALSE(items.ok());
   EXPECT_EQ(items.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(items.status().message()), HasSubstr(path));
+}
+
+TEST_F(DatasetFileTest, FileTypeSizeAndNestingAreBounded) {
+  const std::string fifo = (dir_ / "fifo.jsonl").string();
+  testing::MakeFifo(fifo);
+  EXPECT_EQ(LoadQuestions(fifo).status().message(),
+            fifo + ": not a regular file (fifo)");
+  EXPECT_EQ(LoadQuestions("/dev/zero").status().message(),
+            "/dev/zero: not a regular file (character device)");
+  EXPECT_EQ(LoadQuestions(dir_.string()).status().message(),
+            dir_.string() + ": not a regular file (directory)");
+  const std::string big = (dir_ / "big.jsonl").string();
+  testing::MakeSparseFile(big, kMaxDatasetFileBytes + 1);
+  EXPECT_THAT(std::string(LoadQuestions(big).status().message()),
+              AllOf(StartsWith(big), HasSubstr("over the limit of 67108864")));
+  // A JSON array document and a JSONL line, each nested too deep.
+  EXPECT_THAT(Error(testing::NestedJsonArrays(100'000)),
+              HasSubstr("nesting deeper than 64"));
+  EXPECT_THAT(Error("{\"question\": \"q\", \"x\": " +
+                    testing::NestedJsonArrays(100'000) + "}\n"),
+              AllOf(HasSubstr("bad.jsonl:1"), HasSubstr("nesting deeper")));
+  EXPECT_THAT(Error(testing::NestedJsonArrays(kMaxJsonDepth)),
+              ::testing::Not(HasSubstr("nesting")));
 }
 
 }  // namespace

@@ -12,9 +12,11 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "engine/util/json_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/scoped_temp_dir.h"
 #include "tests/stages/scratch_dir.h"
 
 namespace litestage {
@@ -595,6 +597,33 @@ TEST_F(PipelineFileTest, MissingFileAndBadJsonNameThePath) {
             absl::StrCat(bad_stage,
                          ": stage 'analysis': unknown placeholder {foo} in "
                          "prompt"));
+}
+
+TEST_F(PipelineFileTest, FileTypeSizeAndNestingAreBounded) {
+  const std::string fifo = (dir_ / "fifo.json").string();
+  testing::MakeFifo(fifo);
+  EXPECT_EQ(LoadPipelineFile(fifo).status().message(),
+            fifo + ": not a regular file (fifo)");
+  EXPECT_EQ(LoadPipelineFile("/dev/zero").status().message(),
+            "/dev/zero: not a regular file (character device)");
+  EXPECT_EQ(LoadPipelineFile(dir_.string()).status().message(),
+            dir_.string() + ": not a regular file (directory)");
+  const std::string big = (dir_ / "big.json").string();
+  testing::MakeSparseFile(big, kMaxSmallFileBytes + 1);
+  EXPECT_THAT(std::string(LoadPipelineFile(big).status().message()),
+              AllOf(StartsWith(big), HasSubstr("over the limit of 1048576")));
+  const std::string deep =
+      Write("deep.json", testing::NestedJsonArrays(100'000));
+  EXPECT_THAT(std::string(LoadPipelineFile(deep).status().message()),
+              AllOf(StartsWith(deep), HasSubstr("nesting deeper than 64")));
+  const std::string at_bound =
+      Write("at_bound.json", testing::NestedJsonArrays(kMaxJsonDepth));
+  EXPECT_THAT(std::string(LoadPipelineFile(at_bound).status().message()),
+              ::testing::Not(HasSubstr("nesting")));
+  const std::string target =
+      Write("target.json", PipelineToJson(TinyThinker()));
+  std::filesystem::create_symlink(target, dir_ / "link.json");
+  EXPECT_TRUE(LoadPipelineFile((dir_ / "link.json").string()).ok());
 }
 
 // docs/pipelines.md's example file must stay valid and do what it says.

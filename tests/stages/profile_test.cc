@@ -12,15 +12,18 @@
 
 #include "engine/model/weights.h"
 #include "engine/util/check.h"
+#include "engine/util/json_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/scoped_temp_dir.h"
 
 namespace litestage {
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 constexpr char kSource[] = "/profiles/test.json";
@@ -301,10 +304,10 @@ TEST(ProfileParseTest, EarlyExitErrors) {
     };
   };
   ExpectParseError(set("window", -1), path + ".window",
-                   "must be >= 0 (0 disables), got -1");
+                   "must be in [0, 4096] (0 disables), got -1");
   ExpectParseError(set("window", 2.5), path + ".window", "must be an integer");
   ExpectParseError(set("min_tokens", -3), path + ".min_tokens",
-                   "must be >= 0, got -3");
+                   "must be in [0, 1048576], got -3");
   ExpectParseError(set("threshold", 1.5), path + ".threshold",
                    "must be in [0, 1] for max_prob confidence, got 1.5");
   ExpectParseError(set("threshold", -0.1), path + ".threshold",
@@ -636,8 +639,9 @@ TEST(ValidateProfileTest, LayersAndRankingAgainstASmallerModel) {
   // A caller-built bad early exit is caught too.
   profile->stages["summary"].early_exit.window = -2;
   status = ValidateProfile(*profile, small, 3, "tinythinker", kStages);
-  EXPECT_THAT(std::string(status.message()),
-              HasSubstr("stages.summary.early_exit.window: must be >= 0"));
+  EXPECT_THAT(
+      std::string(status.message()),
+      HasSubstr("stages.summary.early_exit.window: must be in [0, 4096]"));
 }
 
 TEST(ValidateProfileTest, BuiltinsPassAnyModelAndPipeline) {
@@ -716,8 +720,61 @@ TEST_F(ResolveProfileTest, FileErrorsNameThePath) {
   ASSERT_FALSE(profile.ok());
   EXPECT_EQ(profile.status().message(),
             bad_window +
-                ": stages.recall.early_exit.window: must be >= 0 (0 "
+                ": stages.recall.early_exit.window: must be in [0, 4096] (0 "
                 "disables), got -1");
+}
+
+// The reproduction: a window of 1e12 made the monitor allocate 4 TB.
+TEST_F(ResolveProfileTest, HugeEarlyExitWindowIsRejectedAtParse) {
+  json document = ValidDocument();
+  document["stages"]["recall"]["early_exit"]["window"] = 1'000'000'000'000;
+  const std::string path = Write("huge_window.json", document.dump());
+  absl::StatusOr<Profile> profile = LoadProfileFile(path);
+  ASSERT_FALSE(profile.ok());
+  EXPECT_EQ(profile.status().message(),
+            path +
+                ": stages.recall.early_exit.window: must be in [0, 4096] (0 "
+                "disables), got 1000000000000");
+  document["stages"]["recall"]["early_exit"]["window"] = kMaxEarlyExitWindow;
+  EXPECT_TRUE(LoadProfileFile(Write("max_window.json", document.dump())).ok());
+  document["stages"]["recall"]["early_exit"]["min_tokens"] =
+      kMaxEarlyExitMinTokens + 1;
+  profile = LoadProfileFile(Write("min_tokens.json", document.dump()));
+  ASSERT_FALSE(profile.ok());
+  EXPECT_THAT(profile.status().message(),
+              HasSubstr("stages.recall.early_exit.min_tokens: must be in"));
+}
+
+TEST_F(ResolveProfileTest, FileTypeSizeAndNestingAreBounded) {
+  const std::string fifo = (dir_ / "fifo.json").string();
+  testing::MakeFifo(fifo);
+  absl::StatusOr<Profile> profile = LoadProfileFile(fifo);
+  ASSERT_FALSE(profile.ok());
+  EXPECT_THAT(profile.status().message(),
+              HasSubstr(fifo + ": not a regular file (fifo)"));
+  profile = LoadProfileFile("/dev/zero");
+  ASSERT_FALSE(profile.ok());
+  EXPECT_THAT(profile.status().message(),
+              HasSubstr("/dev/zero: not a regular file (character device)"));
+  profile = LoadProfileFile(dir_.string());
+  ASSERT_FALSE(profile.ok());
+  EXPECT_THAT(profile.status().message(), HasSubstr("(directory)"));
+  const std::string big = (dir_ / "big.json").string();
+  testing::MakeSparseFile(big, kMaxSmallFileBytes + 1);
+  EXPECT_THAT(LoadProfileFile(big).status().message(),
+              AllOf(HasSubstr(big), HasSubstr("over the limit of 1048576")));
+  const std::string deep =
+      Write("deep.json", testing::NestedJsonArrays(100'000));
+  EXPECT_THAT(LoadProfileFile(deep).status().message(),
+              AllOf(HasSubstr(deep), HasSubstr("nesting deeper than 64")));
+  const std::string at_bound =
+      Write("at_bound.json", testing::NestedJsonArrays(kMaxJsonDepth));
+  EXPECT_THAT(LoadProfileFile(at_bound).status().message(),
+              ::testing::Not(HasSubstr("nesting")));
+  json document = ValidDocument();
+  const std::string target = Write("target.json", document.dump());
+  fs::create_symlink(target, dir_ / "link.json");
+  EXPECT_TRUE(LoadProfileFile((dir_ / "link.json").string()).ok());
 }
 
 }  // namespace

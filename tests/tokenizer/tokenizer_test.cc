@@ -15,11 +15,13 @@
 #include "engine/util/json_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/scoped_temp_dir.h"
 
 namespace litestage {
 namespace {
 
 using nlohmann::json;
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -244,7 +246,8 @@ TEST(ChatTemplateTest, FromModelDir) {
   EXPECT_EQ(zephyr->Render(messages, true),
             "<|user|>\nHi</s>\n<|assistant|>\n");
   // A folder without a template is NotFound.
-  const std::string empty = ::testing::TempDir() + "/tok_no_template";
+  const std::string empty =
+      litestage::testing::ProcessTempDir().Child("tok_no_template");
   std::filesystem::create_directories(empty);
   EXPECT_EQ(ChatTemplate::FromModelDir(empty).status().code(),
             absl::StatusCode::kNotFound);
@@ -292,7 +295,9 @@ TEST(ByteTokenizerTest, BytesAndSpecials) {
 std::string MakeModelDir(
     const std::string& name,
     const std::vector<std::pair<std::string, std::string>>& files) {
-  const std::string dir = ::testing::TempDir() + "/tok_" + name;
+  // Removed with the process's scratch directory at exit.
+  const std::string dir =
+      litestage::testing::ProcessTempDir().Child("tok_" + name);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   for (const auto& [file, contents] : files) {
@@ -380,6 +385,66 @@ TEST(TokenizerErrorTest, UnknownBosTokenInConfig) {
           .status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("<nope>"));
+}
+
+// File-type, size and nesting bounds on every tokenizer input; each error
+// names the file and the reason.
+class TokenizerFileLimitsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json",
+                             "special_tokens_map.json"}) {
+      std::filesystem::copy(kGoldenDir + "/bytelevel/" + name,
+                            dir_.Child(name));
+    }
+    ASSERT_TRUE(LoadTokenizer(dir_.path()).ok());
+  }
+  void ReplaceWithFifo(const std::string& name) {
+    std::filesystem::remove(dir_.Child(name));
+    testing::MakeFifo(dir_.Child(name));
+  }
+  std::string LoadError() {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+        LoadTokenizer(dir_.path());
+    EXPECT_FALSE(tokenizer.ok());
+    return tokenizer.ok() ? "" : std::string(tokenizer.status().message());
+  }
+  testing::ScopedTempDir dir_{"litestage_tokenizer_limits"};
+};
+
+TEST_F(TokenizerFileLimitsTest, TokenizerJsonFifoSizeAndNesting) {
+  ReplaceWithFifo("tokenizer.json");
+  EXPECT_EQ(LoadError(),
+            dir_.Child("tokenizer.json") + ": not a regular file (fifo)");
+  std::filesystem::remove(dir_.Child("tokenizer.json"));
+  testing::MakeSparseFile(dir_.Child("tokenizer.json"),
+                          kMaxTokenizerFileBytes + 1);
+  EXPECT_THAT(LoadError(), AllOf(HasSubstr(dir_.Child("tokenizer.json")),
+                                 HasSubstr("over the limit of 134217728")));
+  std::ofstream(dir_.Child("tokenizer.json"), std::ios::trunc)
+      << "{\"model\": " << testing::NestedJsonArrays(100'000) << "}";
+  EXPECT_THAT(LoadError(), AllOf(HasSubstr(dir_.Child("tokenizer.json")),
+                                 HasSubstr("nesting deeper than 64")));
+}
+
+TEST_F(TokenizerFileLimitsTest, TokenizerConfigAndSpecialTokensMap) {
+  ReplaceWithFifo("tokenizer_config.json");
+  EXPECT_EQ(LoadError(), dir_.Child("tokenizer_config.json") +
+                             ": not a regular file (fifo)");
+  EXPECT_THAT(
+      std::string(ChatTemplate::FromModelDir(dir_.path()).status().message()),
+      HasSubstr("tokenizer_config.json: not a regular file (fifo)"));
+  std::filesystem::remove(dir_.Child("tokenizer_config.json"));
+  std::ofstream(dir_.Child("tokenizer_config.json"))
+      << testing::NestedJsonArrays(kMaxJsonDepth + 1);
+  EXPECT_THAT(LoadError(), HasSubstr("nesting deeper"));
+  std::filesystem::remove(dir_.Child("tokenizer_config.json"));
+  std::filesystem::create_directory(dir_.Child("special_tokens_map.json.d"));
+  std::filesystem::remove(dir_.Child("special_tokens_map.json"));
+  std::filesystem::create_symlink(dir_.Child("special_tokens_map.json.d"),
+                                  dir_.Child("special_tokens_map.json"));
+  EXPECT_EQ(LoadError(), dir_.Child("special_tokens_map.json") +
+                             ": not a regular file (directory)");
 }
 
 }  // namespace

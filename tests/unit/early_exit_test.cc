@@ -98,5 +98,35 @@ TEST(EarlyExitTest, ValidationNamesTheField) {
   EXPECT_TRUE(ValidateEarlyExitConfig({}).ok());
 }
 
+TEST(EarlyExitTest, WindowAndMinTokensAreBounded) {
+  EXPECT_TRUE(ValidateEarlyExitConfig({.window = kMaxEarlyExitWindow}).ok());
+  const absl::Status over =
+      ValidateEarlyExitConfig({.window = kMaxEarlyExitWindow + 1});
+  EXPECT_EQ(over.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(over.message(), HasSubstr("early_exit.window"));
+  EXPECT_THAT(over.message(), HasSubstr("4096"));
+  EXPECT_FALSE(ValidateEarlyExitConfig({.window = 1'000'000'000'000}).ok());
+  EXPECT_TRUE(ValidateEarlyExitConfig(
+                  {.window = 2, .min_tokens = kMaxEarlyExitMinTokens})
+                  .ok());
+  EXPECT_THAT(ValidateEarlyExitConfig(
+                  {.window = 2, .min_tokens = kMaxEarlyExitMinTokens + 1})
+                  .message(),
+              HasSubstr("early_exit.min_tokens"));
+}
+
+// The FIFO grows with the tokens pushed: a monitor for a huge window costs
+// nothing up front (the old ring buffer allocated `window` floats, so 1e12
+// threw std::bad_alloc) and behaves as before.
+TEST(EarlyExitTest, MonitorDoesNotAllocateTheWindowUpFront) {
+  EarlyExitMonitor huge({.window = 1'000'000'000'000, .threshold = 0.5f});
+  for (int i = 0; i < 10; ++i) EXPECT_FALSE(huge.Push(Prob(0.1f), i));
+  EXPECT_NEAR(huge.mean(), 0.1, 1e-6);
+  // Filling then wrapping keeps the mean over exactly the last `window`.
+  EarlyExitMonitor small({.window = 3, .threshold = 0.0f});
+  for (float p : {0.9f, 0.9f, 0.9f, 0.3f, 0.3f}) small.Push(Prob(p), 0);
+  EXPECT_NEAR(small.mean(), (0.9 + 0.3 + 0.3) / 3, 1e-6);
+}
+
 }  // namespace
 }  // namespace litestage

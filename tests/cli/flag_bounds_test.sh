@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Every numeric flag of litestage-server, litestage-run and litestage-cli at
+# and past its bounds, on the real binaries: out-of-range, huge, negative,
+# inf, nan and non-numbers must exit non-zero (never by a signal, never hang)
+# with a message naming the flag; the boundary values themselves must get
+# past flag validation. Bounds: docs/server.md, "Limits".
+# Usage: flag_bounds_test.sh BIN_DIR
+set -uo pipefail
+dir="${1:?usage: flag_bounds_test.sh BIN_DIR}"
+failures=0
+checks=0
+pass() { checks=$((checks + 1)); }
+fail() { echo "FAIL: $1"; failures=$((failures + 1)); }
+work="$(mktemp -d "${TMPDIR:-/tmp}/litestage_flag_bounds.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+# Runs a binary with a timeout; sets rc and err (stderr + stdout).
+run() {
+  err="$(timeout 30 "$@" 2>&1)"
+  rc=$?
+}
+
+# The prefix that makes each binary fail fast right after flag validation:
+# a model path that does not exist, or an unreachable server.
+prefix_for() {
+  case "$1" in
+    litestage-server) echo "--model=$work/absent --port=0 --metrics-port=0" ;;
+    litestage-run) echo "--model=$work/absent --prompt=x" ;;
+    litestage-cli) echo "health --target=127.0.0.1:1 --timeout=2" ;;
+  esac
+}
+
+# expect_rejected BINARY FLAG VALUE: non-zero, no signal, message names FLAG.
+expect_rejected() {
+  local binary="$1" flag="$2" value="$3"
+  # shellcheck disable=SC2046
+  run "$dir/$binary" $(prefix_for "$binary") "--$flag=$value"
+  local name_re="${flag//-/[-_]}"
+  if [ "$rc" -eq 124 ]; then
+    fail "$binary --$flag=$value: timed out"
+  elif [ "$rc" -ge 128 ]; then
+    fail "$binary --$flag=$value: killed by signal $((rc - 128)): $err"
+  elif [ "$rc" -eq 0 ]; then
+    fail "$binary --$flag=$value: accepted (exit 0)"
+  elif ! [[ "$err" =~ $name_re ]]; then
+    fail "$binary --$flag=$value: message does not name the flag: $err"
+  else
+    pass
+  fi
+}
+
+# expect_accepted BINARY FLAG VALUE: gets past flag validation (then fails on
+# the absent model / unreachable server, not on the flag).
+expect_accepted() {
+  local binary="$1" flag="$2" value="$3"
+  # shellcheck disable=SC2046
+  run "$dir/$binary" $(prefix_for "$binary") "--$flag=$value"
+  if [ "$rc" -eq 124 ] || [ "$rc" -ge 128 ]; then
+    fail "$binary --$flag=$value: rc $rc: $err"
+  elif [[ "$err" == *"out of range"* || "$err" == *"Illegal value"* ]]; then
+    fail "$binary --$flag=$value: a valid bound was rejected: $err"
+  else
+    pass
+  fi
+}
+
+# int_flag BINARY FLAG LO HI
+int_flag() {
+  local binary="$1" flag="$2" lo="$3" hi="$4"
+  expect_accepted "$binary" "$flag" "$lo"
+  expect_accepted "$binary" "$flag" "$hi"
+  for value in "$((lo - 1))" "$((hi + 1))" 9223372036854775807 \
+               -9223372036854775808 99999999999999999999 inf nan abc ""; do
+    expect_rejected "$binary" "$flag" "$value"
+  done
+}
+
+# double_flag BINARY FLAG LO HI JUST_BELOW JUST_ABOVE
+double_flag() {
+  local binary="$1" flag="$2" lo="$3" hi="$4" below="$5" above="$6"
+  expect_accepted "$binary" "$flag" "$lo"
+  expect_accepted "$binary" "$flag" "$hi"
+  for value in "$below" "$above" 1e300 -1e300 inf -inf nan abc; do
+    expect_rejected "$binary" "$flag" "$value"
+  done
+}
+
+for b in litestage-server litestage-run litestage-cli; do
+  [ -x "$dir/$b" ] || { echo "FAIL: $dir/$b is missing"; exit 1; }
+done
+
+# litestage-server
+int_flag litestage-server port 0 65535
+int_flag litestage-server metrics-port 0 65535
+int_flag litestage-server threads 0 1024
+int_flag litestage-server max-queue 1 65536
+int_flag litestage-server max-batch 1 4096
+int_flag litestage-server kv-cache-tokens 1 1073741824
+int_flag litestage-server max-new-tokens 1 1048576
+double_flag litestage-server grace-period 0 3600 -0.001 3600.001
+
+# litestage-run
+int_flag litestage-run max-new-tokens 0 1048576
+double_flag litestage-run temperature 0 100 -0.001 100.001
+int_flag litestage-run top-k 0 1048576
+double_flag litestage-run top-p 0 1 -0.001 1.001
+int_flag litestage-run threads 0 1024
+int_flag litestage-run kv-cache-tokens 1 1073741824
+int_flag litestage-run early-exit-window -1 4096
+double_flag litestage-run early-exit-threshold -1000000 1000000 -1000000.1 1000000.1
+int_flag litestage-run early-exit-min-tokens 0 1048576
+int_flag litestage-run stage-max-new-tokens 0 1048576
+int_flag litestage-run importance-limit 0 1048576
+
+# litestage-cli (timeout's lower bound 0 is itself rejected: must be positive)
+double_flag litestage-cli timeout 0.001 86400 0 86400.001
+int_flag litestage-cli early-exit-window -1 4096
+double_flag litestage-cli early-exit-threshold -1000000 1000000 -1000000.1 1000000.1
+int_flag litestage-cli early-exit-min-tokens 0 1048576
+int_flag litestage-cli max-new-tokens 0 1048576
+double_flag litestage-cli temperature 0 100 -0.001 100.001
+int_flag litestage-cli top-k 0 1048576
+double_flag litestage-cli top-p 0 1 -0.001 1.001
+int_flag litestage-cli concurrency 1 1024
+int_flag litestage-cli requests 0 1048576
+double_flag litestage-cli duration 0 86400 -0.001 86400.001
+int_flag litestage-cli questions-limit 0 1048576
+
+# The reproductions from the bug reports, spelled as reported.
+run "$dir/litestage-run" --model synthetic:tiny --prompt x --kv-cache-tokens 1000000000000
+[ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] && [[ "$err" == *kv-cache-tokens* ]] && pass ||
+  fail "--kv-cache-tokens 1e12: rc $rc: $err"
+run "$dir/litestage-run" --model synthetic:tiny --prompt x --threads 2147483647
+[ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] && [[ "$err" == *threads* ]] && pass ||
+  fail "--threads 2147483647: rc $rc: $err"
+run "$dir/litestage-run" --model synthetic:tiny --pipeline tinythinker --question q \
+  --choices "a|b" --early-exit-window 1000000000000 --early-exit-threshold 0.5
+[ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] && [[ "$err" == *early-exit-window* ]] && pass ||
+  fail "--early-exit-window 1e12: rc $rc: $err"
+
+echo "flag_bounds_test: $checks passed, $failures failed"
+[ "$failures" -eq 0 ]
