@@ -107,8 +107,9 @@ struct SocketAddress {
   socklen_t length = 0;
 };
 
-// "host:port" -> a socket address, without name resolution (a DNS lookup
-// at start-up could hang; civetweb took literals only as well).
+// "host:port" -> a socket address, without name resolution: a DNS lookup
+// at start-up could hang, and a name with several addresses would leave
+// unclear which one is served.
 absl::StatusOr<SocketAddress> ParseAddress(const std::string& address) {
   auto invalid = [&](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(
