@@ -20,7 +20,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/util/flags.h"
-#include "prometheus/exposer.h"
 #include "server/metrics.h"
 #include "server/server.h"
 
@@ -157,18 +156,18 @@ int Run() {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<MetricsHttpServer> metrics_server;
   const int32_t metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port != 0) {
-    absl::StatusOr<std::unique_ptr<prometheus::Exposer>> started =
-        StartMetricsExposer(absl::StrCat(options.host, ":", metrics_port),
-                            options.metrics_registry);
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started =
+        StartMetricsServer(absl::StrCat(options.host, ":", metrics_port),
+                           options.metrics_registry);
     if (!started.ok()) {
       std::fprintf(stderr, "litestage-server: --metrics-port: %s\n",
                    started.status().ToString().c_str());
       return 1;
     }
-    exposer = *std::move(started);
+    metrics_server = *std::move(started);
   }
 
   const std::string port_file = absl::GetFlag(FLAGS_port_file);

@@ -1,6 +1,5 @@
 #include "server/metrics.h"
 
-#include <exception>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -303,26 +302,10 @@ std::string ServerMetrics::Serialize() const {
   return prometheus::TextSerializer().Serialize(registry_->Collect());
 }
 
-absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartMetricsExposer(
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> StartMetricsServer(
     const std::string& address,
     std::shared_ptr<prometheus::Registry> registry) {
-  if (registry == nullptr) {
-    return absl::InvalidArgumentError("StartMetricsExposer: null registry");
-  }
-  // civetweb reports a failed bind (port in use, bad address) by throwing
-  // CivetException from the Exposer's constructor.
-  try {
-    auto exposer = std::make_unique<prometheus::Exposer>(address);
-    exposer->RegisterCollectable(registry);
-    return exposer;
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on \"", address, "\": ", e.what(),
-                     " (is the port in use or the address invalid?)"));
-  } catch (...) {
-    return absl::UnavailableError(absl::StrCat("cannot serve metrics on \"",
-                                               address, "\": unknown error"));
-  }
+  return MetricsHttpServer::Start(address, std::move(registry));
 }
 
 }  // namespace litestage

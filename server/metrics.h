@@ -28,11 +28,11 @@
 #include "absl/status/statusor.h"
 #include "engine/stages/session.h"
 #include "prometheus/counter.h"
-#include "prometheus/exposer.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/metrics_http.h"
 
 namespace litestage {
 
@@ -151,10 +151,12 @@ class ServerMetrics {
 };
 
 // Serves the registry on http://`address`/metrics ("host:port"; port 0
-// picks a free one, see Exposer::GetListeningPorts) with prometheus-cpp's
-// Exposer. Unavailable naming the address and civetweb's reason when it
-// cannot bind; no exception escapes.
-absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartMetricsExposer(
+// picks a free one, see MetricsHttpServer::port()) with MetricsHttpServer
+// and its default limits (server/metrics_http.h, docs/metrics.md) until the
+// returned server is destroyed. InvalidArgument for a malformed address or a
+// null registry; Unavailable naming the address and the system's reason when
+// it cannot bind (port in use, address not on this host).
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> StartMetricsServer(
     const std::string& address, std::shared_ptr<prometheus::Registry> registry);
 
 }  // namespace litestage

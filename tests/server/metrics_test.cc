@@ -1,7 +1,8 @@
 // ServerMetrics: exact values after known observations, bounded labels,
 // and the text checked by two independent parsers (promtool and the Python
-// prometheus_client); StartMetricsExposer serving /metrics over HTTP and
-// failing with a Status (not a crash) on a taken port.
+// prometheus_client); StartMetricsServer serving /metrics over HTTP and
+// failing with a Status (not a crash) on a taken port. The HTTP server's
+// limits are tested in metrics_http_test.cc.
 #include "server/metrics.h"
 
 #include <arpa/inet.h>
@@ -11,7 +12,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -388,37 +391,40 @@ std::string HttpGet(int port, const std::string& path) {
   return response;
 }
 
-TEST(StartMetricsExposerTest, ServesMetricsAndFailsOnATakenPort) {
+TEST(StartMetricsServerTest, ServesMetricsAndFailsOnATakenPort) {
   auto registry = std::make_shared<prometheus::Registry>();
   ServerMetrics metrics(registry, {"stories260K", "cpu", "f32"}, kPipelines);
   metrics.SetQueueDepth(7);
 
-  absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer =
-      StartMetricsExposer("127.0.0.1:0", registry);
-  ASSERT_TRUE(exposer.ok()) << exposer.status();
-  const std::vector<int> ports = (*exposer)->GetListeningPorts();
-  ASSERT_EQ(ports.size(), 1u);
-  const int port = ports[0];
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+      StartMetricsServer("127.0.0.1:0", registry);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
   ASSERT_GT(port, 0);
 
   const std::string response = HttpGet(port, "/metrics");
   EXPECT_THAT(response, HasSubstr(" 200 "));
+  EXPECT_THAT(response,
+              HasSubstr("\r\nContent-Type: text/plain; version=0.0.4; "
+                        "charset=utf-8\r\n"));
   EXPECT_THAT(response, HasSubstr("\nlitestage_queue_depth 7"));
   EXPECT_THAT(
       response,
       HasSubstr(
           R"(litestage_model_info{backend="cpu",dtype="f32",model="stories260K"} 1)"));
 
-  // The port is taken by the first exposer now.
+  // The port is taken by the first server now.
   const std::string taken = "127.0.0.1:" + std::to_string(port);
-  absl::StatusOr<std::unique_ptr<prometheus::Exposer>> second =
-      StartMetricsExposer(taken, registry);
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> second =
+      StartMetricsServer(taken, registry);
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(second.status().message()), HasSubstr(taken));
+  EXPECT_THAT(std::string(second.status().message()),
+              HasSubstr(std::strerror(EADDRINUSE)));
 }
 
-TEST(StartMetricsExposerTest, PortHeldByAnotherSocketIsAnError) {
+TEST(StartMetricsServerTest, PortHeldByAnotherSocketIsAnError) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   ASSERT_GE(fd, 0);
   sockaddr_in address{};
@@ -434,21 +440,63 @@ TEST(StartMetricsExposerTest, PortHeldByAnotherSocketIsAnError) {
       "127.0.0.1:" + std::to_string(ntohs(address.sin_port));
 
   auto registry = std::make_shared<prometheus::Registry>();
-  absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer =
-      StartMetricsExposer(taken, registry);
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+      StartMetricsServer(taken, registry);
   close(fd);
-  ASSERT_FALSE(exposer.ok());
-  EXPECT_EQ(exposer.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_THAT(std::string(exposer.status().message()), HasSubstr(taken));
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(server.status().message()), HasSubstr(taken));
+  EXPECT_THAT(std::string(server.status().message()),
+              HasSubstr(std::strerror(EADDRINUSE)));
 }
 
-TEST(StartMetricsExposerTest, InvalidAddressIsAnError) {
+TEST(StartMetricsServerTest, InvalidAddressIsAnError) {
   auto registry = std::make_shared<prometheus::Registry>();
-  absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer =
-      StartMetricsExposer("not-an-address:port", registry);
-  ASSERT_FALSE(exposer.ok());
-  EXPECT_EQ(exposer.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_FALSE(StartMetricsExposer("127.0.0.1:0", nullptr).ok());
+  for (const std::string address :
+       {"not-an-address:port", "not-an-address:9090", "127.0.0.1", "",
+        "127.0.0.1:65536", "127.0.0.1:-1", "256.0.0.1:0", "[::1:0"}) {
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+        StartMetricsServer(address, registry);
+    ASSERT_FALSE(server.ok()) << address;
+    EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument)
+        << server.status();
+    EXPECT_THAT(std::string(server.status().message()),
+                HasSubstr("\"" + address + "\""));
+  }
+  EXPECT_FALSE(StartMetricsServer("127.0.0.1:0", nullptr).ok());
+}
+
+// Not a local address: bind fails with the system's reason.
+TEST(StartMetricsServerTest, AddressNotOnThisHostIsUnavailable) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+      StartMetricsServer("192.0.2.1:0", registry);  // TEST-NET-1
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(server.status().message()),
+              HasSubstr(std::strerror(EADDRNOTAVAIL)));
+}
+
+// The spellings of a loopback address all bind.
+TEST(StartMetricsServerTest, AcceptsLocalhostAndIpv6Literals) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  for (const std::string address : {"localhost:0", "127.0.0.1:0"}) {
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+        StartMetricsServer(address, registry);
+    ASSERT_TRUE(server.ok()) << server.status();
+    EXPECT_GT((*server)->port(), 0);
+  }
+  // IPv6 may be disabled on the machine; then the error must still say why.
+  for (const std::string address : {"[::1]:0", "::1:0"}) {
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+        StartMetricsServer(address, registry);
+    if (server.ok()) {
+      EXPECT_GT((*server)->port(), 0);
+    } else {
+      EXPECT_EQ(server.status().code(), absl::StatusCode::kUnavailable)
+          << server.status();
+    }
+  }
 }
 
 }  // namespace

@@ -9,6 +9,9 @@ test time), /metrics over HTTP, signals to the process.
   * after a known set of requests, /metrics passes `promtool check metrics`,
     parses with prometheus_client, and every per-stage series holds exactly
     the counts the responses report;
+  * with 64 silent, 16 half-sent, 4 never-read and a slow-loris socket open
+    on the metrics port, a scrape answers within 1 s and passes promtool
+    (the Exposer it replaced had two threads and no timeout);
   * SIGTERM under load: readiness turns NOT_SERVING, new requests get
     UNAVAILABLE, every accepted request finishes OK, the process exits 0;
   * a grace period too short for the accepted requests ends them with
@@ -291,6 +294,72 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(models[0]["backend"], "cpu")
         self.assertIn("synthetic:tiny", models[0]["model"])
         self.assertGreater(generated.generated_tokens, 0)
+
+
+class MetricsUnderIdleConnectionsTest(unittest.TestCase):
+    """Sockets that never finish a request must not blind /metrics."""
+
+    IDLE = 64       # connected, silent
+    HALF_OPEN = 16  # an unfinished request head
+    UNREAD = 4      # a whole request, the response never read
+    SCRAPE_SECONDS = 1.0
+
+    def connect(self, port):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(s.close)
+        return s
+
+    def test_scrape_within_a_second_with_idle_and_half_open_sockets(self):
+        server = Server("--model=synthetic:tiny")
+        self.addCleanup(server.close)
+        port = server.metrics_port
+        for _ in range(self.IDLE):
+            self.connect(port)
+        # Unfinished heads cut at different places: in the request line,
+        # between headers, in a header.
+        head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n"
+        half_open = []
+        for i in range(self.HALF_OPEN):
+            s = self.connect(port)
+            sent = len(head) * (i + 1) // (self.HALF_OPEN + 1)
+            s.sendall(head[:sent])
+            half_open.append((s, sent))
+        # Complete requests whose answers are never read.
+        for _ in range(self.UNREAD):
+            self.connect(port).sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        # Slow loris: a complete request line, then a header byte at a time.
+        loris = self.connect(port)
+        loris.sendall(b"GET /metrics HTTP/1.1\r\nX")
+        for ch in b"-Slow: 1":
+            loris.send(bytes([ch]))
+            time.sleep(0.01)
+
+        start = time.monotonic()
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            status = reply.status
+            content_type = reply.headers["Content-Type"]
+            text = reply.read().decode()
+        elapsed = time.monotonic() - start
+        print(f"scrape with {self.IDLE + self.HALF_OPEN + self.UNREAD + 1} stalled "
+              f"sockets open: {elapsed * 1e3:.1f} ms", file=sys.stderr)
+        self.assertEqual(status, 200)
+        self.assertLess(elapsed, self.SCRAPE_SECONDS,
+                        f"scrape took {elapsed:.3f} s with {self.IDLE} idle and "
+                        f"{self.HALF_OPEN} half-open, {self.UNREAD} unread sockets open")
+        self.assertEqual(content_type, "text/plain; version=0.0.4; charset=utf-8")
+        self.assertIn("litestage_model_info{", text)
+        promtool = subprocess.run(["promtool", "check", "metrics"], input=text,
+                                  capture_output=True, text=True)
+        self.assertEqual(promtool.returncode, 0, promtool.stdout + promtool.stderr)
+
+        # The half-open sockets were still open (not dropped to make room):
+        # one finishes its request now and gets its answer.
+        s, sent = half_open[-1]
+        s.sendall(head[sent:] + b"\r\n")
+        reply = s.recv(64)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 "), reply)
+        self.assertIsNone(server.process.poll(), server.log())
 
 
 class DrainTest(unittest.TestCase):
