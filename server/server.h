@@ -76,7 +76,7 @@ struct ServerOptions {
   // Per stage (Reason) and per request (Generate); also Generate's default.
   int64_t max_new_tokens = 512;
   // Metrics go here (the server always keeps them; serve them with
-  // StartMetricsExposer). Null: the server makes a private registry.
+  // StartMetricsServer). Null: the server makes a private registry.
   std::shared_ptr<prometheus::Registry> metrics_registry;
   // Tests: runs on the scheduler thread just before the model loads, so a
   // test can hold the server in its "loading" state.
