@@ -25,6 +25,27 @@ absl::Status CheckDoubleFlagRange(absl::string_view name, double value,
                    "]", std::isfinite(value) ? "" : " (must be finite)"));
 }
 
+absl::Status CheckSamplingFlags(double temperature, int64_t top_k,
+                                double top_p) {
+  return FirstError({
+      CheckDoubleFlagRange("temperature", temperature, 0, kMaxTemperatureFlag),
+      CheckFlagRange("top-k", top_k, 0, kMaxTopKFlag),
+      CheckDoubleFlagRange("top-p", top_p, 0, 1),
+  });
+}
+
+absl::Status CheckEarlyExitFlags(int64_t window, double threshold,
+                                 int64_t min_tokens, int64_t max_window,
+                                 int64_t max_min_tokens) {
+  return FirstError({
+      CheckFlagRange("early-exit-window", window, -1, max_window),
+      CheckDoubleFlagRange("early-exit-threshold", threshold,
+                           -kMaxEarlyExitThresholdFlag,
+                           kMaxEarlyExitThresholdFlag),
+      CheckFlagRange("early-exit-min-tokens", min_tokens, 0, max_min_tokens),
+  });
+}
+
 absl::Status FirstError(std::initializer_list<absl::Status> checks) {
   for (const absl::Status& status : checks) {
     if (!status.ok()) return status;

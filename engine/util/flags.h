@@ -53,6 +53,18 @@ absl::Status CheckFlagRange(absl::string_view name, int64_t value, int64_t lo,
 absl::Status CheckDoubleFlagRange(absl::string_view name, double value,
                                   double lo, double hi);
 
+// --temperature, --top-k and --top-p, which litestage-run and litestage-cli
+// share (0 for top-k / top-p: "no cut" / the server's default).
+absl::Status CheckSamplingFlags(double temperature, int64_t top_k,
+                                double top_p);
+
+// --early-exit-window (-1: the profile's), --early-exit-threshold and
+// --early-exit-min-tokens, shared the same way; `max_window` and
+// `max_min_tokens` are engine/early_exit.h's bounds.
+absl::Status CheckEarlyExitFlags(int64_t window, double threshold,
+                                 int64_t min_tokens, int64_t max_window,
+                                 int64_t max_min_tokens);
+
 // The first non-OK status of `checks`, else OK: lets a binary list every
 // flag check in one expression.
 absl::Status FirstError(std::initializer_list<absl::Status> checks);
