@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every numeric flag of litestage-server, litestage-run and litestage-cli at
-# and past its bounds, on the real binaries: out-of-range, huge, negative,
+# Every numeric flag of litestage-server, litestage-run, litestage-cli and the
+# benchmarks engine_bench and stages_bench at and past its bounds (kernels_bench
+# takes only Google Benchmark's own flags), on the real binaries: out-of-range, huge, negative,
 # inf, nan and non-numbers must exit non-zero (never by a signal, never hang)
 # with a message naming the flag; the boundary values themselves must get
 # past flag validation. Bounds: docs/server.md, "Limits".
@@ -27,6 +28,8 @@ prefix_for() {
     litestage-server) echo "--model=$work/absent --port=0 --metrics-port=0" ;;
     litestage-run) echo "--model=$work/absent --prompt=x" ;;
     litestage-cli) echo "health --target=127.0.0.1:1 --timeout=2" ;;
+    engine_bench) echo "--models-dir=$work/absent --bandwidth-mb=0" ;;
+    stages_bench) echo "--model=$work/absent" ;;
   esac
 }
 
@@ -85,7 +88,7 @@ double_flag() {
   done
 }
 
-for b in litestage-server litestage-run litestage-cli; do
+for b in litestage-server litestage-run litestage-cli engine_bench stages_bench; do
   [ -x "$dir/$b" ] || { echo "FAIL: $dir/$b is missing"; exit 1; }
 done
 
@@ -125,6 +128,25 @@ int_flag litestage-cli concurrency 1 1024
 int_flag litestage-cli requests 0 1048576
 double_flag litestage-cli duration 0 86400 -0.001 86400.001
 int_flag litestage-cli questions-limit 0 1048576
+
+# Benchmarks. bandwidth-mb's upper bound is not run: it allocates that much.
+int_flag engine_bench prefill-tokens 1 1048576
+int_flag engine_bench decode-prompt-tokens 1 1048576
+int_flag engine_bench new-tokens 1 1048576
+int_flag engine_bench reps 1 1048576
+int_flag engine_bench warmup 0 1048576
+int_flag engine_bench bandwidth-passes 1 1048576
+expect_accepted engine_bench bandwidth-mb 0
+for value in -1 4097 9223372036854775807 inf nan abc ""; do
+  expect_rejected engine_bench bandwidth-mb "$value"
+done
+int_flag stages_bench num-questions 1 1048576
+int_flag stages_bench calibration-questions 1 1048576
+int_flag stages_bench stage-max-new-tokens 1 1048576
+int_flag stages_bench early-exit-window 1 4096
+double_flag stages_bench early-exit-quantile 0 1 -0.001 1.001
+int_flag stages_bench reps 1 1048576
+int_flag stages_bench threads 0 1024
 
 # The reproductions from the bug reports, spelled as reported.
 run "$dir/litestage-run" --model synthetic:tiny --prompt x --kv-cache-tokens 1000000000000
