@@ -98,6 +98,9 @@ ABSL_FLAG(std::vector<std::string>, stop, {},
           "generate: comma-separated stop strings");
 ABSL_FLAG(std::string, stage, "",
           "generate: the profile stage whose skip set and early exit apply");
+ABSL_FLAG(bool, split_special_tokens, false,
+          "generate: encode special-token text in a raw prompt as plain text "
+          "(chat prompts always are)");
 ABSL_FLAG(bool, stream, false,
           "generate: use GenerateStream and print tokens as they arrive");
 
@@ -357,6 +360,7 @@ pb::GenerateRequest GenerateRequestFromFlags() {
   request.set_request_id(absl::GetFlag(FLAGS_request_id));
   request.set_prompt(absl::GetFlag(FLAGS_prompt));
   request.set_chat(absl::GetFlag(FLAGS_chat));
+  request.set_split_special_tokens(absl::GetFlag(FLAGS_split_special_tokens));
   FillSampling(*request.mutable_sampling());
   request.set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
   for (const std::string& stop : absl::GetFlag(FLAGS_stop)) {

@@ -197,6 +197,17 @@ else
   fail "generate --stream --json exited $rc"
 fi
 
+# Special-token text in a raw prompt: parsed unless --split-special-tokens
+# (synthetic:tiny's byte tokenizer has "<s>": 1 token parsed, 3 bytes split).
+parsed="$("$cli" generate "${common[@]}" --prompt "<s>" --max-new-tokens 1 --json)"
+split="$("$cli" generate "${common[@]}" --prompt "<s>" --max-new-tokens 1 --json \
+  --split-special-tokens)"
+json_check "generate --split-special-tokens: special text encoded as plain text" \
+  "$parsed" '
+split = json.loads(sys.argv[2])
+assert int(split["prompt_tokens"]) == int(r["prompt_tokens"]) + 2, (r, split)
+' "$split"
+
 # 5. info and profiles.
 info_json="$("$cli" info "${common[@]}" --json)"; rc=$?
 if [ "$rc" = 0 ]; then
