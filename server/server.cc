@@ -391,7 +391,7 @@ struct LiteStageServer::Job {
   std::string profile_name;
 
   // Output; called on the scheduler thread (finish: exactly once, with a
-  // v1::ReasonResponse or v1::GenerateResponse, null unless OK).
+  // v1::ReasonResponse or v1::GenerateResponse, filled in only when OK).
   std::function<void(v1::ReasonEvent)> emit_reason;
   std::function<void(v1::GenerateEvent)> emit_generate;
   std::function<void(const grpc::Status&, const google::protobuf::Message*)>
