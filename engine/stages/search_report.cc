@@ -72,9 +72,10 @@ const StageSetting* RowSetting(const SearchRow& row) {
 std::string SearchTableCsv(const std::vector<std::string>& stage_names,
                            const SearchResult& result) {
   std::vector<std::string> header = {
-      "phase",          "stage",         "k",      "window",
-      "threshold",      "configuration", "metric", "metric_ci_low",
-      "metric_ci_high", "mean_latency_s"};
+      "phase",  "stage",         "k",
+      "window", "threshold",     "configuration",
+      "metric", "metric_ci_low", "metric_ci_high",
+      "target", "mean_latency_s"};
   for (const std::string& stage : stage_names) {
     header.push_back(CsvField(absl::StrCat(stage, "_latency_s")));
   }
@@ -97,6 +98,7 @@ std::string SearchTableCsv(const std::vector<std::string>& stage_names,
         Number(ci.mean),
         Number(ci.low),
         Number(ci.high),
+        Number(result.target),
         Number(row.measurement.MeanLatency())};
     for (size_t s = 0; s < stage_names.size(); ++s) {
       fields.push_back(Number(row.measurement.MeanStageLatency(s)));

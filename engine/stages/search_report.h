@@ -20,11 +20,12 @@ namespace litestage {
 
 // One header line, then one line per row of result.table, in order:
 //   phase,stage,k,window,threshold,configuration,metric,metric_ci_low,
-//   metric_ci_high,mean_latency_s,<stage>_latency_s...,meets_target,chosen,
-//   note
+//   metric_ci_high,target,mean_latency_s,<stage>_latency_s...,meets_target,
+//   chosen,note
 // `stage` is the name of the stage searched (empty for the full row); k,
 // window and threshold are that stage's values in the row's configuration
-// (window 0 = no early exit). Fields with commas or quotes are quoted.
+// (window 0 = no early exit); target is the same on every row. Fields with
+// commas or quotes are quoted.
 std::string SearchTableCsv(const std::vector<std::string>& stage_names,
                            const SearchResult& result);
 

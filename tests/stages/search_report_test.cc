@@ -89,11 +89,13 @@ TEST(SearchReportTest, CsvHasOneRowPerEvaluatedConfiguration) {
   ASSERT_EQ(lines.size(), result.table.size() + 1);
   EXPECT_EQ(lines[0],
             "phase,stage,k,window,threshold,configuration,metric,"
-            "metric_ci_low,metric_ci_high,mean_latency_s,recall_latency_s,"
+            "metric_ci_low,metric_ci_high,target,mean_latency_s,"
+            "recall_latency_s,"
             "\"sum, mary_latency_s\",meets_target,chosen,note");
   // full, recall k=0..3, summary k=0..3, early exit: none + one point.
   ASSERT_EQ(result.table.size(), 11u);
-  EXPECT_THAT(lines[1], ::testing::StartsWith("full,,0,0,,k=0|k=0,1,1,1,0.7,"));
+  EXPECT_THAT(lines[1],
+              ::testing::StartsWith("full,,0,0,,k=0|k=0,1,1,1,0.95,0.7,"));
   EXPECT_THAT(lines[3], ::testing::StartsWith("skip,recall,1,0,,k=1|k=0,"));
   EXPECT_THAT(lines[3], ::testing::EndsWith(",1,1,"));  // meets, chosen.
   EXPECT_THAT(lines[4], ::testing::EndsWith(",0,0,"));
