@@ -469,6 +469,20 @@ TEST(ProfileTest, ProvenanceSearchIsKeptAndRoundTrips) {
               HasSubstr("not valid JSON"));
 }
 
+// The fuzz seed with provenance.search is a valid profile (so the fuzzer
+// starts inside the round-trip path) and round-trips.
+TEST(ProfileTest, SearchedFuzzSeedParsesAndRoundTrips) {
+  absl::StatusOr<Profile> profile =
+      LoadProfileFile(std::string(LITESTAGE_TEST_DATA_DIR) +
+                      "/fuzz/corpus/fuzz_profile/searched.json");
+  ASSERT_TRUE(profile.ok()) << profile.status();
+  EXPECT_EQ(profile->provenance.search["metric"], "fidelity");
+  absl::StatusOr<Profile> again =
+      ParseProfile(ProfileToJson(*profile), "roundtrip.json");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, *profile);
+}
+
 TEST(ProfileTest, SkipSetFromRanking) {
   const std::vector<SublayerRef> ranking = {
       {SublayerKind::kMlp, 2},       {SublayerKind::kAttention, 0},

@@ -255,6 +255,31 @@ TEST(SearchCacheTest, DecoderErrorsNameTheQuestion) {
               ::testing::HasSubstr("question q7"));
 }
 
+// A result that cannot be stored fails the search rather than being
+// measured again on every resume.
+TEST(SearchCacheTest, StoreFailuresStopTheSearch) {
+  ScopedTempDir dir("search_cache");
+  const std::string cache_dir = dir.Child("cache");
+  absl::StatusOr<SearchCache> cache =
+      SearchCache::Open(cache_dir, TwoStageSpace());
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  fs::remove_all(cache_dir);
+  FakeEngine engine;
+  CachingQuestionMeasurer caching(&*cache, &engine);
+  absl::StatusOr<SearchResult> result = Search(&caching);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInternal)
+      << result.status();
+  EXPECT_EQ(engine.measured.size(), 1u);
+
+  // Over the entry limit: InvalidArgument, nothing written.
+  ASSERT_TRUE(fs::create_directories(cache_dir));
+  const json key = *cache->Key(Configuration{{{}, {}}}, "q0");
+  EXPECT_EQ(
+      cache->Store(key, std::string(kMaxSearchCacheEntryBytes, 'x')).code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(EntryFiles(cache_dir).empty());
+}
+
 TEST(SearchCacheTest, WriteFileAtomicallyReplaces) {
   ScopedTempDir dir("search_cache");
   const std::string path = dir.Child("entry.json");

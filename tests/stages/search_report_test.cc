@@ -145,5 +145,26 @@ TEST(SearchReportTest, ProvenanceRoundTripsThroughTheProfileParser) {
   EXPECT_EQ(ProfileToJson(*parsed), text);
 }
 
+TEST(SearchReportTest, AccuracyMetricFillsTheTypedProvenanceFields) {
+  const SearchResult result = RunExample();
+  SearchRecordInfo info = Info();
+  info.metric = "accuracy";
+  absl::StatusOr<Profile> profile =
+      MakeSearchedProfile("tiny-obqa-acc5", Space(), result, info);
+  ASSERT_TRUE(profile.ok()) << profile.status();
+  EXPECT_EQ(profile->provenance.accuracy,
+            result.chosen_measurement.MeanMetric());
+  EXPECT_EQ(profile->provenance.full_accuracy, 1.0);
+  EXPECT_EQ(profile->provenance.latency_seconds,
+            result.chosen_measurement.MeanLatency());
+  EXPECT_DOUBLE_EQ(*profile->provenance.full_latency_seconds, 0.7);
+
+  // A configuration that does not fit the space is an error, not a profile.
+  SearchSpace small = Space();
+  small.ranking.resize(1);
+  EXPECT_EQ(MakeSearchedProfile("x", small, result, info).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace litestage
