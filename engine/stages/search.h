@@ -33,6 +33,9 @@ class SearchProgress {
   virtual void Start(int64_t total) = 0;
   // One candidate evaluated (measured, or found in the search's memo).
   virtual void Step(const std::string& label) = 0;
+  // Within a measurement: `done` of `total` questions measured
+  // (QuestionSetMeasurer reports them; one configuration can take minutes).
+  virtual void Question(int64_t done, int64_t total) {}
   // A stage's decision, one line ("analysis: k=4 (latency 0.3050 s)").
   virtual void StageDone(const std::string& line) = 0;
   virtual void Finish() = 0;

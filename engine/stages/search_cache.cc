@@ -272,6 +272,10 @@ absl::StatusOr<Measurement> QuestionSetMeasurer::Measure(
       measurement.stage_latency_seconds[s].push_back(
           values->stage_latency_seconds[s]);
     }
+    if (progress_ != nullptr) {
+      progress_->Question(static_cast<int64_t>(measurement.metric.size()),
+                          static_cast<int64_t>(question_ids_.size()));
+    }
   }
   return measurement;
 }

@@ -136,8 +136,12 @@ class QuestionSetMeasurer : public ConfigurationMeasurer {
   absl::StatusOr<Measurement> Measure(
       const Configuration& configuration) override;
 
+  // Told after every question (not owned; may be null).
+  void set_progress(SearchProgress* progress) { progress_ = progress; }
+
  private:
   QuestionMeasurer* inner_;
+  SearchProgress* progress_ = nullptr;
   std::vector<std::string> question_ids_;
   size_t num_stages_;
   QuestionDecoder decode_;

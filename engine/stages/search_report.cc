@@ -230,13 +230,24 @@ void ProgressReporter::Start(int64_t total) {
 
 void ProgressReporter::Step(const std::string& label) {
   done_ = std::min(done_ + 1, total_);
-  if (!interactive_) return;
+  if (interactive_) Draw(static_cast<double>(done_), label);
+}
+
+void ProgressReporter::Question(int64_t done, int64_t total) {
+  if (!interactive_ || total <= 0 || done_ >= total_) return;
+  Draw(static_cast<double>(done_) + static_cast<double>(std::min(done, total)) /
+                                        static_cast<double>(total),
+       absl::StrCat("question ", done, "/", total));
+}
+
+void ProgressReporter::Draw(double progress, const std::string& label) {
   constexpr int kWidth = 24;
-  const int filled = static_cast<int>(kWidth * done_ / total_);
+  const double total = static_cast<double>(total_);
+  const int filled = static_cast<int>(kWidth * progress / total);
   const double elapsed = clock_() - start_;
   // Steps differ in cost (memo hits are free), so this is a rough guide.
-  const double eta = elapsed / static_cast<double>(done_) *
-                     static_cast<double>(total_ - done_);
+  const double eta =
+      progress > 0 ? elapsed / progress * (total - progress) : -1.0;
   *out_ << "\r[" << std::string(filled, '#')
         << std::string(kWidth - filled, '.') << "] " << done_ << "/" << total_
         << " " << label << "  elapsed " << FormatDuration(elapsed) << "  ETA "

@@ -62,7 +62,8 @@ absl::StatusOr<Profile> MakeSearchedProfile(const std::string& name,
 
 // The search's progress on a terminal: a redrawn bar
 //   [#########.........] 12/40 recall k=3  elapsed 1m02s  ETA 2m25s
-// when `interactive`, else only the one line per stage (logs stay short).
+// (between steps "question 17/64" as the label) when `interactive`, else
+// only the one line per stage (logs stay short).
 class ProgressReporter : public SearchProgress {
  public:
   using Clock = std::function<double()>;  // Seconds, monotonic.
@@ -72,10 +73,14 @@ class ProgressReporter : public SearchProgress {
 
   void Start(int64_t total) override;
   void Step(const std::string& label) override;
+  void Question(int64_t done, int64_t total) override;
   void StageDone(const std::string& line) override;
   void Finish() override;
 
  private:
+  // Redraws the bar at `progress` steps done (fractional within a step).
+  void Draw(double progress, const std::string& label);
+
   std::ostream* out_;
   bool interactive_;
   Clock clock_;

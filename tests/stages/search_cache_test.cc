@@ -280,6 +280,30 @@ TEST(SearchCacheTest, StoreFailuresStopTheSearch) {
   EXPECT_TRUE(EntryFiles(cache_dir).empty());
 }
 
+TEST(SearchCacheTest, QuestionSetMeasurerReportsEveryQuestion) {
+  class Recorder : public SearchProgress {
+   public:
+    void Start(int64_t) override {}
+    void Step(const std::string&) override {}
+    void Question(int64_t done, int64_t total) override {
+      seen.push_back(absl::StrCat(done, "/", total));
+    }
+    void StageDone(const std::string&) override {}
+    void Finish() override {}
+    std::vector<std::string> seen;
+  } recorder;
+  FakeEngine engine;
+  QuestionSetMeasurer measurer(&engine, kQuestions, 2);
+  measurer.set_progress(&recorder);
+  absl::StatusOr<Measurement> m =
+      measurer.Measure(Configuration{{StageSetting{1, {}}, StageSetting{}}});
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_THAT(recorder.seen,
+              ::testing::ElementsAre("1/4", "2/4", "3/4", "4/4"));
+  EXPECT_THAT(m->metric, ::testing::ElementsAre(1, 1, 1, 1));
+  EXPECT_EQ(m->stage_latency_seconds[0].size(), 4u);
+}
+
 TEST(SearchCacheTest, WriteFileAtomicallyReplaces) {
   ScopedTempDir dir("search_cache");
   const std::string path = dir.Child("entry.json");

@@ -408,6 +408,10 @@ TEST(SearchProgressTest, TerminalBarHasCountElapsedAndEta) {
   now += 50;
   progress.Step("recall k=1");
   EXPECT_THAT(out.str(), HasSubstr("2/4 recall k=1  elapsed 1m00s  ETA 1m00s"));
+  now += 30;
+  progress.Question(16, 64);  // A quarter into step 3: 2.25 of 4 done.
+  EXPECT_THAT(out.str(), HasSubstr("2/4 question 16/64  elapsed 1m30s  "
+                                   "ETA 1m10s"));
   progress.StageDone("recall: k=1");
   EXPECT_THAT(out.str(), HasSubstr("\r\x1b[Krecall: k=1\n"));
   progress.Finish();
