@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "engine/util/check.h"
 #include "engine/util/json_util.h"
 #include "engine/util/mapped_file.h"
@@ -178,7 +179,12 @@ std::optional<json> SearchCache::Lookup(const json& key) {
     return std::nullopt;
   };
   absl::StatusOr<json> entry = ReadJsonFile(path, kMaxSearchCacheEntryBytes);
-  if (!entry.ok()) return corrupt(entry.status().message());
+  if (!entry.ok()) {
+    // The reader's message already starts with the path.
+    absl::string_view why = entry.status().message();
+    absl::ConsumePrefix(&why, absl::StrCat(path, ": "));
+    return corrupt(why);
+  }
   if (!entry->is_object()) return corrupt("not a JSON object");
   auto schema = entry->find("schema");
   if (schema == entry->end() || *schema != kSearchCacheSchema) {
