@@ -480,10 +480,10 @@ class ProfileParser {
 
   absl::StatusOr<ProfileProvenance> ParseProvenance(const json& value) const {
     LS_ASSIGN_OR_RETURN(const json* object, Object(value, "provenance"));
-    LS_RETURN_IF_ERROR(
-        CheckKeys(*object, "provenance",
-                  {"method", "created", "dataset", "accuracy", "full_accuracy",
-                   "latency_seconds", "full_latency_seconds", "notes"}));
+    LS_RETURN_IF_ERROR(CheckKeys(
+        *object, "provenance",
+        {"method", "created", "dataset", "accuracy", "full_accuracy",
+         "latency_seconds", "full_latency_seconds", "notes", "search"}));
     ProfileProvenance provenance;
     for (auto [key, field] : {std::pair{"method", &provenance.method},
                               std::pair{"created", &provenance.created},
@@ -517,6 +517,13 @@ class ProfileParser {
         return Error(path, absl::StrCat("must be >= 0, got ", parsed));
       }
       *number.field = parsed;
+    }
+    LS_ASSIGN_OR_RETURN(const json* search,
+                        Member(*object, "provenance", "search", false));
+    if (search != nullptr) {
+      LS_ASSIGN_OR_RETURN(const json* search_object,
+                          Object(*search, "provenance.search"));
+      provenance.search = *search_object;
     }
     return provenance;
   }
@@ -820,6 +827,10 @@ std::string ProfileToJson(const Profile& profile) {
   add_number("latency_seconds", provenance.latency_seconds);
   add_number("full_latency_seconds", provenance.full_latency_seconds);
   add_string("notes", provenance.notes);
+  if (provenance.search.is_object()) {
+    // ordered_json takes a json of the other flavour as is (keys sorted).
+    provenance_json["search"] = ordered(provenance.search);
+  }
   if (!provenance_json.empty()) {
     document["provenance"] = std::move(provenance_json);
   }

@@ -22,6 +22,7 @@
 #include "engine/backend.h"
 #include "engine/engine.h"
 #include "engine/model/fingerprint.h"
+#include "nlohmann/json.hpp"
 
 namespace litestage {
 
@@ -52,6 +53,10 @@ struct ProfileProvenance {
   std::optional<double> latency_seconds;  // Mean end-to-end per request.
   std::optional<double> full_latency_seconds;
   std::string notes;
+  // What litestage-search measured (docs/search.md, "Provenance"): a JSON
+  // object kept as parsed, null when absent. Its content is the search's
+  // business; the profile only requires an object.
+  nlohmann::json search;
   bool operator==(const ProfileProvenance& other) const = default;
 };
 

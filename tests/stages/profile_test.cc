@@ -426,6 +426,63 @@ TEST(ProfileTest, RoundTripOfABuiltUpProfile) {
                   .ok());
 }
 
+// provenance.search (what litestage-search measured) is free-form JSON,
+// kept as parsed and written back as is; it must be an object.
+TEST(ProfileTest, ProvenanceSearchIsKeptAndRoundTrips) {
+  json document = ValidDocument();
+  document["provenance"]["search"] = {
+      {"metric", "fidelity"},
+      {"epsilon", 0.02},
+      {"search_questions", {"obqa-7", "obqa-9"}},
+      {"table",
+       {{{"stage", "recall"}, {"k", 3}, {"metric_ci", {0.81, 0.93}}},
+        {{"stage", "summary"}, {"k", 0}, {"early_exit", nullptr}}}}};
+  absl::StatusOr<Profile> profile = ParseDocument(document);
+  ASSERT_TRUE(profile.ok()) << profile.status();
+  EXPECT_EQ(profile->provenance.search, document["provenance"]["search"]);
+  const std::string text = ProfileToJson(*profile);
+  absl::StatusOr<Profile> again = ParseProfile(text, "roundtrip.json");
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << text;
+  EXPECT_EQ(*again, *profile);
+  EXPECT_EQ(ProfileToJson(*again), text);
+
+  // Without it, nothing changes (older files and writers).
+  json plain = ValidDocument();
+  absl::StatusOr<Profile> old = ParseDocument(plain);
+  ASSERT_TRUE(old.ok());
+  EXPECT_TRUE(old->provenance.search.is_null());
+  EXPECT_EQ(json::parse(ProfileToJson(*old))["provenance"].count("search"), 0u);
+
+  ExpectParseError([](json& d) { d["provenance"]["search"] = json::array(); },
+                   "provenance.search", "must be a JSON object");
+  ExpectParseError([](json& d) { d["provenance"]["search"] = "text"; },
+                   "provenance.search", "must be a JSON object");
+  // A number a double cannot hold would be written back as null; the JSON
+  // parser already refuses it.
+  json with_number = ValidDocument();
+  with_number["provenance"]["search"] = {{"table", {{{"latency", 12345.5}}}}};
+  std::string overflow = with_number.dump();
+  overflow.replace(overflow.find("12345.5"), 7, "1e999");
+  absl::StatusOr<Profile> infinite = ParseProfile(overflow, kSource);
+  ASSERT_FALSE(infinite.ok());
+  EXPECT_THAT(std::string(infinite.status().message()),
+              HasSubstr("not valid JSON"));
+}
+
+// The fuzz seed with provenance.search is a valid profile (so the fuzzer
+// starts inside the round-trip path) and round-trips.
+TEST(ProfileTest, SearchedFuzzSeedParsesAndRoundTrips) {
+  absl::StatusOr<Profile> profile =
+      LoadProfileFile(std::string(LITESTAGE_TEST_DATA_DIR) +
+                      "/fuzz/corpus/fuzz_profile/searched.json");
+  ASSERT_TRUE(profile.ok()) << profile.status();
+  EXPECT_EQ(profile->provenance.search["metric"], "fidelity");
+  absl::StatusOr<Profile> again =
+      ParseProfile(ProfileToJson(*profile), "roundtrip.json");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, *profile);
+}
+
 TEST(ProfileTest, SkipSetFromRanking) {
   const std::vector<SublayerRef> ranking = {
       {SublayerKind::kMlp, 2},       {SublayerKind::kAttention, 0},
