@@ -70,6 +70,9 @@ ABSL_FLAG(bool, few_shot, true,
           "whose context cannot hold it, such as stories260K)");
 ABSL_FLAG(std::string, dtype, "auto",
           "Weight dtype for matrices: auto, f32 or bf16");
+ABSL_FLAG(bool, fidelity, true,
+          "Run the teacher-forced fidelity passes (one extra prefill of every "
+          "stage per question and profile); false reports no fidelity");
 ABSL_FLAG(bool, progress, true, "Progress with ETA on stderr");
 
 namespace litestage {
@@ -159,6 +162,11 @@ std::string WithInterval(double value, const Interval& ci) {
                          Percent(ci.high));
 }
 
+// "-" when the teacher-forced passes were not run (--fidelity=false).
+std::string FormatFidelity(const std::optional<double>& fidelity) {
+  return fidelity.has_value() ? absl::StrFormat("%.3f", *fidelity) : "-";
+}
+
 void PrintTable(const Evaluation& evaluation) {
   std::cout << absl::StrFormat("%-24s %4s %-18s %6s %-18s %6s %6s %7s  %s\n",
                                "profile", "n", "accuracy% [95%]", "ans%",
@@ -167,7 +175,7 @@ void PrintTable(const Evaluation& evaluation) {
   for (const ProfileSummary& s : evaluation.summaries) {
     std::vector<std::string> fidelity;
     for (const StageSummary& stage : s.stages) {
-      fidelity.push_back(absl::StrFormat("%.3f", stage.fidelity));
+      fidelity.push_back(FormatFidelity(stage.fidelity));
     }
     std::cout << absl::StrFormat(
         "%-24s %4d %-18s %6s %-18s %6.2f %6.2f %6.2fx  %s\n", s.profile, s.n,
@@ -185,8 +193,8 @@ void PrintTable(const Evaluation& evaluation) {
   for (const ProfileSummary& s : evaluation.summaries) {
     for (const StageSummary& stage : s.stages) {
       std::cout << absl::StrFormat(
-          "%-24s %-10s %8.3f %8.3f %8.3f %8.3f %8.3f %6.1f %6.1f %s\n",
-          s.profile, stage.name, stage.fidelity, stage.mean_seconds,
+          "%-24s %-10s %8s %8.3f %8.3f %8.3f %8.3f %6.1f %6.1f %s\n", s.profile,
+          stage.name, FormatFidelity(stage.fidelity), stage.mean_seconds,
           stage.p90_seconds, stage.mean_prefill_seconds,
           stage.mean_decode_seconds, stage.mean_prompt_tokens,
           stage.mean_generated_tokens, Percent(stage.early_exit_rate));
@@ -248,10 +256,10 @@ absl::Status WriteCsv(const Evaluation& evaluation, const std::string& path) {
                                     absl::StrCat(s.p90_seconds),
                                     absl::StrCat(s.speedup)};
     for (const StageSummary& st : s.stages) {
-      for (double v : {st.fidelity, st.mean_seconds, st.p90_seconds,
-                       st.mean_prefill_seconds, st.mean_decode_seconds,
-                       st.mean_prompt_tokens, st.mean_generated_tokens,
-                       st.early_exit_rate}) {
+      row.push_back(st.fidelity.has_value() ? absl::StrCat(*st.fidelity) : "");
+      for (double v : {st.mean_seconds, st.p90_seconds, st.mean_prefill_seconds,
+                       st.mean_decode_seconds, st.mean_prompt_tokens,
+                       st.mean_generated_tokens, st.early_exit_rate}) {
         row.push_back(absl::StrCat(v));
       }
     }
@@ -348,6 +356,7 @@ absl::Status Run() {
   LS_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options));
   EvaluationOptions eval_options;
   eval_options.base.max_new_tokens_cap = absl::GetFlag(FLAGS_max_new_tokens);
+  eval_options.fidelity = absl::GetFlag(FLAGS_fidelity);
   const bool progress = absl::GetFlag(FLAGS_progress);
 
   std::vector<SublayerRef> ranking;

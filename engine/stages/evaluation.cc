@@ -263,6 +263,7 @@ QuestionEval MakeQuestionEval(const std::string& profile,
   row.answer_index = result.answer_index;
   row.label = item.answer;
   row.seconds = result.seconds;
+  row.fidelity_measured = !fidelity.empty();
   for (size_t s = 0; s < result.stages.size(); ++s) {
     const StageRecord& record = result.stages[s];
     StageEval stage;
@@ -291,7 +292,7 @@ ReasoningRequest RequestForItem(const QuestionItem& item,
 absl::StatusOr<QuestionEval> EvaluateQuestion(
     Engine& engine, const Pipeline& pipeline, const Profile& profile,
     const std::string& profile_name, const QuestionItem& item,
-    const ReasoningRequest& base, const ReasoningResult& full_run,
+    const ReasoningRequest& base, const ReasoningResult* full_run,
     ReasoningResult* run) {
   absl::StatusOr<ReasoningResult> result =
       RunReasoning(engine, pipeline, profile, RequestForItem(item, base));
@@ -303,10 +304,12 @@ absl::StatusOr<QuestionEval> EvaluateQuestion(
   }
   // The same run when evaluating full itself: its fidelity is then against
   // its own tokens (1.0 unless prefill and decode disagree on a near-tie).
-  const ReasoningResult& reference = &full_run == run ? *result : full_run;
-  LS_ASSIGN_OR_RETURN(
-      std::vector<FidelityCount> fidelity,
-      TeacherForcedFidelity(engine, pipeline, profile, reference));
+  std::vector<FidelityCount> fidelity;
+  if (full_run != nullptr) {
+    const ReasoningResult& reference = full_run == run ? *result : *full_run;
+    LS_ASSIGN_OR_RETURN(
+        fidelity, TeacherForcedFidelity(engine, pipeline, profile, reference));
+  }
   QuestionEval row = MakeQuestionEval(profile_name, item, *result, fidelity);
   if (run != nullptr) *run = *std::move(result);
   return row;
@@ -356,9 +359,11 @@ absl::StatusOr<ProfileSummary> SummarizeProfile(
       const StageEval& stage = row.stages[s];
       StageSummary& out = summary.stages[s];
       out.name = stage.name;
-      out.fidelity_hits += stage.fidelity.hits;
-      out.fidelity_total += stage.fidelity.total;
-      stage_fidelity[s].push_back(stage.fidelity.fidelity());
+      if (row.fidelity_measured) {
+        out.fidelity_hits += stage.fidelity.hits;
+        out.fidelity_total += stage.fidelity.total;
+        stage_fidelity[s].push_back(stage.fidelity.fidelity());
+      }
       stage_seconds[s].push_back(stage.seconds);
       out.mean_prefill_seconds += stage.prefill_seconds;
       out.mean_decode_seconds += stage.decode_seconds;
@@ -382,7 +387,7 @@ absl::StatusOr<ProfileSummary> SummarizeProfile(
       summary.mean_seconds > 0 ? Mean(full_seconds) / summary.mean_seconds : 0;
   for (size_t s = 0; s < num_stages; ++s) {
     StageSummary& out = summary.stages[s];
-    out.fidelity = Mean(stage_fidelity[s]);
+    if (!stage_fidelity[s].empty()) out.fidelity = Mean(stage_fidelity[s]);
     out.mean_seconds = Mean(stage_seconds[s]);
     out.p90_seconds = Quantile(stage_seconds[s], 0.9);
     out.mean_prefill_seconds /= n;
@@ -424,7 +429,8 @@ absl::StatusOr<Evaluation> EvaluateProfiles(
       LS_ASSIGN_OR_RETURN(
           QuestionEval row,
           EvaluateQuestion(engine, pipeline, profiles[p], names[p], item,
-                           options.base, full_run, keep));
+                           options.base, options.fidelity ? &full_run : nullptr,
+                           keep));
       evaluation.rows[p].push_back(std::move(row));
       if (progress) progress(++done, total);
     }
@@ -472,6 +478,7 @@ nlohmann::json QuestionEvalToJson(const QuestionEval& row) {
           {"answered", row.answered()},
           {"correct", row.correct()},
           {"seconds", row.seconds},
+          {"fidelity_measured", row.fidelity_measured},
           {"stages", std::move(stages)}};
 }
 
@@ -499,6 +506,7 @@ absl::StatusOr<QuestionEval> QuestionEvalFromJson(const nlohmann::json& json) {
     LS_ASSIGN_OR_RETURN(row.answer_index, index(json.at("answer_index")));
     LS_ASSIGN_OR_RETURN(row.label, index(json.at("label")));
     row.seconds = json.at("seconds").get<double>();
+    row.fidelity_measured = json.at("fidelity_measured").get<bool>();
     for (const nlohmann::json& s : json["stages"]) {
       StageEval stage;
       stage.name = s.at("name").get<std::string>();
@@ -523,17 +531,19 @@ absl::StatusOr<QuestionEval> QuestionEvalFromJson(const nlohmann::json& json) {
 nlohmann::json ProfileSummaryToJson(const ProfileSummary& summary) {
   nlohmann::json stages = nlohmann::json::array();
   for (const StageSummary& s : summary.stages) {
-    stages.push_back({{"name", s.name},
-                      {"fidelity", s.fidelity},
-                      {"fidelity_hits", s.fidelity_hits},
-                      {"fidelity_total", s.fidelity_total},
-                      {"mean_seconds", s.mean_seconds},
-                      {"p90_seconds", s.p90_seconds},
-                      {"mean_prefill_seconds", s.mean_prefill_seconds},
-                      {"mean_decode_seconds", s.mean_decode_seconds},
-                      {"mean_prompt_tokens", s.mean_prompt_tokens},
-                      {"mean_generated_tokens", s.mean_generated_tokens},
-                      {"early_exit_rate", s.early_exit_rate}});
+    stages.push_back(
+        {{"name", s.name},
+         {"fidelity", s.fidelity.has_value() ? nlohmann::json(*s.fidelity)
+                                             : nlohmann::json(nullptr)},
+         {"fidelity_hits", s.fidelity_hits},
+         {"fidelity_total", s.fidelity_total},
+         {"mean_seconds", s.mean_seconds},
+         {"p90_seconds", s.p90_seconds},
+         {"mean_prefill_seconds", s.mean_prefill_seconds},
+         {"mean_decode_seconds", s.mean_decode_seconds},
+         {"mean_prompt_tokens", s.mean_prompt_tokens},
+         {"mean_generated_tokens", s.mean_generated_tokens},
+         {"early_exit_rate", s.early_exit_rate}});
   }
   return {{"profile", summary.profile},
           {"n", summary.n},

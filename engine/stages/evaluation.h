@@ -112,7 +112,10 @@ struct QuestionEval {
     return answer_index.has_value() && label.has_value() &&
            *answer_index == *label;
   }
-  double seconds = 0;             // End to end: RunReasoning's wall time.
+  double seconds = 0;  // End to end: RunReasoning's wall time.
+  // False when the teacher-forced pass was not run (StageEval::fidelity is
+  // then zero counts, not a measurement).
+  bool fidelity_measured = false;
   std::vector<StageEval> stages;  // In pipeline order.
 };
 
@@ -125,7 +128,7 @@ absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
     Engine& engine, const Pipeline& pipeline, const Profile& profile,
     const ReasoningResult& full);
 
-// The row of one run; `fidelity` [stages] or empty (then all zero counts).
+// The row of one run; `fidelity` [stages], or empty when not measured.
 QuestionEval MakeQuestionEval(const std::string& profile,
                               const QuestionItem& item,
                               const ReasoningResult& result,
@@ -138,23 +141,26 @@ ReasoningRequest RequestForItem(const QuestionItem& item,
 
 // Runs `item` with `profile` (RunReasoning; `base` greedy unless it says
 // otherwise) and scores it against `full_run`, full's run of the same item
-// (with token ids). When `run` is given it receives the profile's result.
-// Evaluating full itself: pass the same object as `full_run` and `run`;
-// the fidelity is then against this very run (the fresh result is used
-// before it is stored into `run`).
+// (with token ids); nullptr skips the teacher-forced pass (it costs about
+// one prefill of every stage). When `run` is given it receives the
+// profile's result. Evaluating full itself: pass the same object as
+// `full_run` and `run`; the fidelity is then against this very run (the
+// fresh result is used before it is stored into `run`).
 absl::StatusOr<QuestionEval> EvaluateQuestion(
     Engine& engine, const Pipeline& pipeline, const Profile& profile,
     const std::string& profile_name, const QuestionItem& item,
-    const ReasoningRequest& base, const ReasoningResult& full_run,
+    const ReasoningRequest& base, const ReasoningResult* full_run,
     ReasoningResult* run = nullptr);
 
 // ---- Aggregation ---------------------------------------------------------
 
 struct StageSummary {
   std::string name;
-  double fidelity = 0;  // Mean over questions of the per-question fidelity.
-  int64_t fidelity_hits = 0;   // Pooled over questions.
-  int64_t fidelity_total = 0;  // Pooled over questions.
+  // Mean over the measured questions of the per-question fidelity; unset
+  // when no row measured it.
+  std::optional<double> fidelity;
+  int64_t fidelity_hits = 0;   // Pooled over measured questions.
+  int64_t fidelity_total = 0;  // Pooled over measured questions.
   double mean_seconds = 0;
   double p90_seconds = 0;
   double mean_prefill_seconds = 0;
@@ -200,6 +206,9 @@ bool AnswersAgree(const QuestionEval& a, const QuestionEval& b);
 
 struct EvaluationOptions {
   ReasoningRequest base;  // Sampling (greedy), max_new_tokens_cap, ...
+  // Run the teacher-forced fidelity passes (about doubles the cost of a
+  // question on the default model: one extra prefill of every stage).
+  bool fidelity = true;
 };
 
 struct Evaluation {

@@ -188,7 +188,7 @@ TEST(EvaluationTest, EvaluateProfilesFullIsExactlyFaithfulToItself) {
   EXPECT_EQ(full.agree, 2);
   EXPECT_EQ(full.speedup, 1.0);
   for (const StageSummary& stage : full.stages) {
-    EXPECT_EQ(stage.fidelity, 1.0) << stage.name;
+    EXPECT_EQ(stage.fidelity.value_or(-1), 1.0) << stage.name;
     EXPECT_EQ(stage.fidelity_hits, stage.fidelity_total) << stage.name;
     EXPECT_GT(stage.fidelity_total, 0) << stage.name;
   }
@@ -196,6 +196,21 @@ TEST(EvaluationTest, EvaluateProfilesFullIsExactlyFaithfulToItself) {
   ASSERT_EQ(evaluation->rows[1].size(), 2u);
   EXPECT_EQ(evaluation->rows[1][1].question_id, "q2");
   EXPECT_EQ(evaluation->rows[1][1].profile, "even:1");
+
+  // Without the teacher-forced passes fidelity is unset, not 1.0.
+  EvaluationOptions no_fidelity;
+  no_fidelity.fidelity = false;
+  auto unmeasured = EvaluateProfiles(*engine, pipeline, profiles,
+                                     {"full", "even:1"}, {Item()}, no_fidelity);
+  ASSERT_TRUE(unmeasured.ok()) << unmeasured.status();
+  for (const ProfileSummary& summary : unmeasured->summaries) {
+    EXPECT_FALSE(unmeasured->rows[0][0].fidelity_measured);
+    for (const StageSummary& stage : summary.stages) {
+      EXPECT_FALSE(stage.fidelity.has_value()) << stage.name;
+      EXPECT_EQ(stage.fidelity_total, 0) << stage.name;
+    }
+  }
+  EXPECT_EQ(unmeasured->summaries[0].agree, 1);
 
   // The first profile must be full.
   std::swap(profiles[0], profiles[1]);
@@ -346,6 +361,7 @@ QuestionEval Row(const std::string& profile, const std::string& id,
   stage.prompt_tokens = 10;
   stage.early_exit_fired = hits == 0;
   stage.fidelity = {hits, total};
+  row.fidelity_measured = true;
   row.stages.push_back(stage);
   return row;
 }
@@ -383,7 +399,7 @@ TEST(EvaluationTest, AgreementAccuracyAndLatencyAggregates) {
   EXPECT_DOUBLE_EQ(summary->p90_seconds, 3.8);
   ASSERT_EQ(summary->stages.size(), 1u);
   // Mean of per-question fidelities (0.75, 0.5, 0, 1), and pooled counts.
-  EXPECT_DOUBLE_EQ(summary->stages[0].fidelity, 0.5625);
+  EXPECT_DOUBLE_EQ(summary->stages[0].fidelity.value_or(-1), 0.5625);
   EXPECT_EQ(summary->stages[0].fidelity_hits, 8);
   EXPECT_EQ(summary->stages[0].fidelity_total, 14);
   EXPECT_DOUBLE_EQ(summary->stages[0].early_exit_rate, 0.25);
@@ -404,6 +420,7 @@ TEST(EvaluationTest, RowJsonRoundTrip) {
   EXPECT_EQ(back->answer_index, 3u);
   EXPECT_FALSE(back->label.has_value());
   EXPECT_EQ(back->stages[0].fidelity.total, 9);
+  EXPECT_TRUE(back->fidelity_measured);
   EXPECT_FALSE(QuestionEvalFromJson(nlohmann::json::parse("{}")).ok());
   nlohmann::json broken = QuestionEvalToJson(row);
   broken["stages"][0].erase("fidelity_hits");
