@@ -3,6 +3,7 @@
 #include "engine/stages/evaluation.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <utility>
@@ -305,12 +306,16 @@ absl::StatusOr<QuestionEval> EvaluateQuestion(
   // The same run when evaluating full itself: its fidelity is then against
   // its own tokens (1.0 unless prefill and decode disagree on a near-tie).
   std::vector<FidelityCount> fidelity;
+  const auto fidelity_start = std::chrono::steady_clock::now();
   if (full_run != nullptr) {
     const ReasoningResult& reference = full_run == run ? *result : *full_run;
     LS_ASSIGN_OR_RETURN(
         fidelity, TeacherForcedFidelity(engine, pipeline, profile, reference));
   }
   QuestionEval row = MakeQuestionEval(profile_name, item, *result, fidelity);
+  row.fidelity_seconds = std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - fidelity_start)
+                             .count();
   if (run != nullptr) *run = *std::move(result);
   return row;
 }
@@ -354,6 +359,7 @@ absl::StatusOr<ProfileSummary> SummarizeProfile(
     if (row.answered()) ++summary.answered;
     if (AnswersAgree(row, *full->second)) ++summary.agree;
     seconds.push_back(row.seconds);
+    summary.mean_fidelity_seconds += row.fidelity_seconds;
     full_seconds.push_back(full->second->seconds);
     for (size_t s = 0; s < num_stages; ++s) {
       const StageEval& stage = row.stages[s];
@@ -382,6 +388,7 @@ absl::StatusOr<ProfileSummary> SummarizeProfile(
   summary.agreement = summary.agree / n;
   summary.agreement_ci = WilsonInterval(summary.agree, summary.n);
   summary.mean_seconds = Mean(seconds);
+  summary.mean_fidelity_seconds /= n;
   summary.p90_seconds = Quantile(seconds, 0.9);
   summary.speedup =
       summary.mean_seconds > 0 ? Mean(full_seconds) / summary.mean_seconds : 0;
@@ -479,6 +486,7 @@ nlohmann::json QuestionEvalToJson(const QuestionEval& row) {
           {"correct", row.correct()},
           {"seconds", row.seconds},
           {"fidelity_measured", row.fidelity_measured},
+          {"fidelity_seconds", row.fidelity_seconds},
           {"stages", std::move(stages)}};
 }
 
@@ -507,6 +515,7 @@ absl::StatusOr<QuestionEval> QuestionEvalFromJson(const nlohmann::json& json) {
     LS_ASSIGN_OR_RETURN(row.label, index(json.at("label")));
     row.seconds = json.at("seconds").get<double>();
     row.fidelity_measured = json.at("fidelity_measured").get<bool>();
+    row.fidelity_seconds = json.at("fidelity_seconds").get<double>();
     for (const nlohmann::json& s : json["stages"]) {
       StageEval stage;
       stage.name = s.at("name").get<std::string>();
@@ -559,6 +568,7 @@ nlohmann::json ProfileSummaryToJson(const ProfileSummary& summary) {
           {"mean_seconds", summary.mean_seconds},
           {"p90_seconds", summary.p90_seconds},
           {"speedup", summary.speedup},
+          {"mean_fidelity_seconds", summary.mean_fidelity_seconds},
           {"stages", std::move(stages)}};
 }
 

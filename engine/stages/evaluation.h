@@ -116,6 +116,9 @@ struct QuestionEval {
   // False when the teacher-forced pass was not run (StageEval::fidelity is
   // then zero counts, not a measurement).
   bool fidelity_measured = false;
+  // Wall time of the teacher-forced passes (not part of `seconds`): what
+  // fidelity costs on top of the run.
+  double fidelity_seconds = 0;
   std::vector<StageEval> stages;  // In pipeline order.
 };
 
@@ -189,6 +192,7 @@ struct ProfileSummary {
   // full's mean end-to-end latency / this profile's, same questions, same
   // run (interleaved); > 1 is faster.
   double speedup = 0;
+  double mean_fidelity_seconds = 0;  // Teacher-forced passes, per question.
   std::vector<StageSummary> stages;
 };
 
