@@ -214,36 +214,92 @@ absl::StatusOr<Profile> ResolveProfileSpec(
   return profile;
 }
 
+absl::StatusOr<ReferenceTokens> ReferenceTokensFromRun(
+    const ReasoningResult& full) {
+  ReferenceTokens tokens;
+  for (const StageRecord& stage : full.stages) {
+    std::vector<ReferenceTokens::Branch>& branches =
+        tokens.stages.emplace_back();
+    for (const BranchRecord& branch : stage.branches) {
+      if (!branch.generated_token_ids.empty() &&
+          branch.prompt_token_ids.empty()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("fidelity: stage '", stage.name,
+                         "' of full's run kept no prompt token ids (run it "
+                         "with RunReasoning)"));
+      }
+      branches.push_back({branch.prompt_token_ids, branch.generated_token_ids});
+    }
+  }
+  return tokens;
+}
+
+nlohmann::json ReferenceTokensToJson(const ReferenceTokens& tokens) {
+  nlohmann::json stages = nlohmann::json::array();
+  for (const std::vector<ReferenceTokens::Branch>& stage : tokens.stages) {
+    nlohmann::json branches = nlohmann::json::array();
+    for (const ReferenceTokens::Branch& branch : stage) {
+      branches.push_back(
+          {{"prompt", branch.prompt}, {"generated", branch.generated}});
+    }
+    stages.push_back(std::move(branches));
+  }
+  return {{"stages", std::move(stages)}};
+}
+
+absl::StatusOr<ReferenceTokens> ReferenceTokensFromJson(
+    const nlohmann::json& json) {
+  ReferenceTokens tokens;
+  try {
+    for (const nlohmann::json& stage : json.at("stages")) {
+      std::vector<ReferenceTokens::Branch>& branches =
+          tokens.stages.emplace_back();
+      for (const nlohmann::json& branch : stage) {
+        branches.push_back(
+            {branch.at("prompt").get<std::vector<int32_t>>(),
+             branch.at("generated").get<std::vector<int32_t>>()});
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("reference tokens: ", e.what()));
+  }
+  return tokens;
+}
+
 absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
     Engine& engine, const Pipeline& pipeline, const Profile& profile,
-    const ReasoningResult& full) {
+    const ReferenceTokens& full) {
   if (full.stages.size() != pipeline.stages.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("fidelity: full's run has ", full.stages.size(),
                      " stages, the pipeline ", pipeline.stages.size()));
   }
   const int64_t vocab = engine.config().vocab_size;
+  const int64_t context = engine.config().max_position_embeddings;
   std::vector<FidelityCount> counts(full.stages.size());
   for (size_t s = 0; s < full.stages.size(); ++s) {
-    const StageRecord& stage = full.stages[s];
-    const SkipSet& skip = profile.ForStage(pipeline.stages[s].name).skip;
-    for (const BranchRecord& branch : stage.branches) {
-      const std::vector<int32_t>& generated = branch.generated_token_ids;
+    const PipelineStage& stage = pipeline.stages[s];
+    const SkipSet& skip = profile.ForStage(stage.name).skip;
+    for (const ReferenceTokens::Branch& branch : full.stages[s]) {
+      const std::vector<int32_t>& generated = branch.generated;
       if (generated.empty()) continue;
-      if (branch.prompt_token_ids.empty()) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("fidelity: stage '", stage.name,
-                         "' of full's run kept no prompt token ids (run it "
-                         "with RunReasoning)"));
-      }
       // [prompt, generated without its last token]: position p-1+i predicts
       // generated[i]; the last token predicts nothing we compare.
-      std::vector<int32_t> tokens = branch.prompt_token_ids;
+      std::vector<int32_t> tokens = branch.prompt;
       tokens.insert(tokens.end(), generated.begin(), generated.end() - 1);
+      if (branch.prompt.empty() ||
+          (context > 0 && static_cast<int64_t>(tokens.size()) > context)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "fidelity: stage '", stage.name, "': ", branch.prompt.size(),
+            " prompt + ", generated.size(),
+            " generated tokens do not fit a forward pass of this model"));
+      }
+      // PromptLogits rejects ids outside the vocabulary (a corrupt cache).
       LS_ASSIGN_OR_RETURN(std::vector<float> logits,
                           engine.PromptLogits(tokens, skip));  // [n, vocab]
       LS_CHECK_EQ(logits.size(), tokens.size() * static_cast<size_t>(vocab));
-      const size_t first = branch.prompt_token_ids.size() - 1;
+      const size_t first = branch.prompt.size() - 1;
       for (size_t i = 0; i < generated.size(); ++i) {
         const float* row = logits.data() + (first + i) * vocab;
         counts[s].hits += Argmax(row, vocab) == generated[i] ? 1 : 0;
@@ -252,6 +308,34 @@ absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
     }
   }
   return counts;
+}
+
+absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
+    Engine& engine, const Pipeline& pipeline, const Profile& profile,
+    const ReasoningResult& full) {
+  LS_ASSIGN_OR_RETURN(ReferenceTokens tokens, ReferenceTokensFromRun(full));
+  return TeacherForcedFidelity(engine, pipeline, profile, tokens);
+}
+
+absl::Status AddFidelity(Engine& engine, const Pipeline& pipeline,
+                         const Profile& profile, const ReferenceTokens& full,
+                         QuestionEval* row) {
+  const auto start = std::chrono::steady_clock::now();
+  LS_ASSIGN_OR_RETURN(std::vector<FidelityCount> fidelity,
+                      TeacherForcedFidelity(engine, pipeline, profile, full));
+  if (fidelity.size() != row->stages.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fidelity: row has ", row->stages.size(), " stages, ",
+                     fidelity.size(), " measured"));
+  }
+  for (size_t s = 0; s < fidelity.size(); ++s) {
+    row->stages[s].fidelity = fidelity[s];
+  }
+  row->fidelity_measured = true;
+  row->fidelity_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  return absl::OkStatus();
 }
 
 QuestionEval MakeQuestionEval(const std::string& profile,
@@ -303,19 +387,16 @@ absl::StatusOr<QuestionEval> EvaluateQuestion(
         absl::StrCat("question ", item.id, ", profile ", profile_name, ": ",
                      result.status().message()));
   }
-  // The same run when evaluating full itself: its fidelity is then against
-  // its own tokens (1.0 unless prefill and decode disagree on a near-tie).
-  std::vector<FidelityCount> fidelity;
-  const auto fidelity_start = std::chrono::steady_clock::now();
+  QuestionEval row = MakeQuestionEval(profile_name, item, *result, {});
   if (full_run != nullptr) {
-    const ReasoningResult& reference = full_run == run ? *result : *full_run;
+    // The same run when evaluating full itself: its fidelity is then
+    // against its own tokens (1.0 unless prefill and decode disagree on a
+    // near-tie).
     LS_ASSIGN_OR_RETURN(
-        fidelity, TeacherForcedFidelity(engine, pipeline, profile, reference));
+        ReferenceTokens reference,
+        ReferenceTokensFromRun(full_run == run ? *result : *full_run));
+    LS_RETURN_IF_ERROR(AddFidelity(engine, pipeline, profile, reference, &row));
   }
-  QuestionEval row = MakeQuestionEval(profile_name, item, *result, fidelity);
-  row.fidelity_seconds = std::chrono::duration<double>(
-                             std::chrono::steady_clock::now() - fidelity_start)
-                             .count();
   if (run != nullptr) *run = *std::move(result);
   return row;
 }

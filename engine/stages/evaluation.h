@@ -122,14 +122,42 @@ struct QuestionEval {
   std::vector<StageEval> stages;  // In pipeline order.
 };
 
-// For every stage of `full` (a run with token ids, from RunReasoning), each
-// branch's prompt + generated ids through the engine in one forward pass
-// with `profile`'s skip set for that stage; counts the generated positions
-// where the argmax of the previous position's logits is full's token.
-// [stages]. 1.0 for `full` itself up to floating-point ties.
+// What teacher forcing needs of full's run of one question: per stage and
+// branch the prompt ids it was fed and the ids it generated. Small enough to
+// cache on disk next to the rows (JSON below), so that a search evaluating
+// a new profile on a cached question need not rerun full.
+struct ReferenceTokens {
+  struct Branch {
+    std::vector<int32_t> prompt;     // [prompt_tokens]
+    std::vector<int32_t> generated;  // [generated_tokens], EOS excluded.
+  };
+  std::vector<std::vector<Branch>> stages;  // [stages][branches]
+};
+// From a RunReasoning result (FailedPrecondition when a stage that
+// generated tokens kept no prompt ids, e.g. a run driven by another loop).
+absl::StatusOr<ReferenceTokens> ReferenceTokensFromRun(
+    const ReasoningResult& full);
+nlohmann::json ReferenceTokensToJson(const ReferenceTokens& tokens);
+absl::StatusOr<ReferenceTokens> ReferenceTokensFromJson(
+    const nlohmann::json& json);
+
+// For every stage of full's run, each branch's prompt + generated ids
+// through the engine in one forward pass with `profile`'s skip set for that
+// stage; counts the generated positions where the argmax of the previous
+// position's logits is full's token. [stages]. 1.0 for `full` itself up to
+// floating-point ties.
+absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
+    Engine& engine, const Pipeline& pipeline, const Profile& profile,
+    const ReferenceTokens& full);
 absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
     Engine& engine, const Pipeline& pipeline, const Profile& profile,
     const ReasoningResult& full);
+// Runs TeacherForcedFidelity for `row` (a row of `profile` without
+// fidelity, e.g. from EvaluateQuestion with no reference) and fills its
+// fidelity counts, fidelity_measured and fidelity_seconds.
+absl::Status AddFidelity(Engine& engine, const Pipeline& pipeline,
+                         const Profile& profile, const ReferenceTokens& full,
+                         QuestionEval* row);
 
 // The row of one run; `fidelity` [stages], or empty when not measured.
 QuestionEval MakeQuestionEval(const std::string& profile,

@@ -156,6 +156,67 @@ TEST(EvaluationTest, TeacherForcedFidelityMatchesIndependentComputation) {
   EXPECT_GT(partial, 0) << "no skip set changed some but not all tokens";
 }
 
+// Full's tokens cached as JSON give the same fidelity as the run itself,
+// and AddFidelity fills a row that was evaluated without a reference.
+TEST(EvaluationTest, CachedReferenceTokensGiveTheSameFidelity) {
+  std::unique_ptr<Engine> engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const Pipeline pipeline = ShortPipeline();
+  const int64_t layers = engine->config().num_hidden_layers;
+  const QuestionItem item = Item();
+  auto full_profile = BuiltinProfile("full", layers);
+  auto even = BuiltinProfile("even:1", layers);
+  ASSERT_TRUE(full_profile.ok() && even.ok());
+  ReasoningResult full_run;
+  auto full_row = EvaluateQuestion(*engine, pipeline, *full_profile, "full",
+                                   item, {}, nullptr, &full_run);
+  ASSERT_TRUE(full_row.ok()) << full_row.status();
+  EXPECT_FALSE(full_row->fidelity_measured);
+
+  auto tokens = ReferenceTokensFromRun(full_run);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  ASSERT_EQ(tokens->stages.size(), 3u);
+  EXPECT_EQ(tokens->stages[1].size(), item.choices.size());
+  const std::string cached = ReferenceTokensToJson(*tokens).dump();
+  auto back = ReferenceTokensFromJson(nlohmann::json::parse(cached));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->stages[1][2].prompt,
+            full_run.stages[1].branches[2].prompt_token_ids);
+  EXPECT_EQ(back->stages[2][0].generated,
+            full_run.stages[2].branches[0].generated_token_ids);
+
+  auto direct = TeacherForcedFidelity(*engine, pipeline, *even, full_run);
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  auto row =
+      EvaluateQuestion(*engine, pipeline, *even, "even:1", item, {}, nullptr);
+  ASSERT_TRUE(row.ok()) << row.status();
+  ASSERT_TRUE(AddFidelity(*engine, pipeline, *even, *back, &*row).ok());
+  EXPECT_TRUE(row->fidelity_measured);
+  for (size_t s = 0; s < direct->size(); ++s) {
+    EXPECT_EQ(row->stages[s].fidelity.hits, (*direct)[s].hits);
+    EXPECT_EQ(row->stages[s].fidelity.total, (*direct)[s].total);
+  }
+
+  // A run without prompt ids, and ids outside the vocabulary, are errors.
+  ReasoningResult stripped = full_run;
+  stripped.stages[0].branches[0].prompt_token_ids.clear();
+  EXPECT_EQ(ReferenceTokensFromRun(stripped).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ReferenceTokens bad = *back;
+  bad.stages[0][0].prompt[0] =
+      static_cast<int32_t>(engine->config().vocab_size);
+  EXPECT_EQ(
+      TeacherForcedFidelity(*engine, pipeline, *even, bad).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  ReferenceTokens empty_prompt = *back;
+  empty_prompt.stages[0][0].prompt.clear();
+  EXPECT_EQ(TeacherForcedFidelity(*engine, pipeline, *even, empty_prompt)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(ReferenceTokensFromJson(nlohmann::json::parse("{}")).ok());
+}
+
 TEST(EvaluationTest, EvaluateProfilesFullIsExactlyFaithfulToItself) {
   std::unique_ptr<Engine> engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
