@@ -114,12 +114,15 @@ absl::StatusOr<std::vector<GenerationRequest>> ReasoningSession::StageRequests()
   return requests;
 }
 
-void ReasoningSession::FinishStage(std::vector<GenerationResult> results,
-                                   double seconds) {
+void ReasoningSession::FinishStage(
+    std::vector<GenerationResult> results, double seconds,
+    std::vector<std::vector<int32_t>> prompt_token_ids) {
   LS_CHECK(!done());
   const PipelineStage& stage = pipeline_->stages[next_stage_];
   const StageProfile& settings = profile_->ForStage(stage.name);
   LS_CHECK_EQ(results.size(), stage.fan_out ? inputs_.choices.size() : 1u);
+  LS_CHECK(prompt_token_ids.empty() ||
+           prompt_token_ids.size() == results.size());
 
   StageRecord record;
   record.name = stage.name;
@@ -143,6 +146,10 @@ void ReasoningSession::FinishStage(std::vector<GenerationResult> results,
     branch.mean_confidence = MeanMaxProb(r.confidences);
     for (const TokenConfidence& c : r.confidences) confidence_sum += c.max_prob;
     branch.text = std::move(r.text);
+    branch.generated_token_ids = std::move(r.tokens);
+    if (!prompt_token_ids.empty()) {
+      branch.prompt_token_ids = std::move(prompt_token_ids[b]);
+    }
 
     record.prompt_tokens += branch.prompt_tokens;
     record.cached_prompt_tokens += branch.cached_prompt_tokens;
@@ -214,9 +221,15 @@ absl::StatusOr<ReasoningResult> RunReasoning(Engine& engine,
     const Clock::time_point start = Clock::now();
     LS_ASSIGN_OR_RETURN(std::vector<GenerationResult> results,
                         engine.GenerateBatch(requests, forward_text));
-    session.FinishStage(
-        std::move(results),
-        std::chrono::duration<double>(Clock::now() - start).count());
+    const double seconds =
+        std::chrono::duration<double>(Clock::now() - start).count();
+    std::vector<std::vector<int32_t>> prompt_token_ids;
+    prompt_token_ids.reserve(requests.size());
+    for (GenerationRequest& r : requests) {
+      prompt_token_ids.push_back(std::move(r.prompt_tokens));
+    }
+    session.FinishStage(std::move(results), seconds,
+                        std::move(prompt_token_ids));
   }
   return session.TakeResult();
 }

@@ -51,6 +51,13 @@ struct BranchRecord {
   std::string finish_reason;      // FinishReasonName
   std::string early_exit_reason;  // When finish_reason is "early_exit".
   double mean_confidence = 0;     // Mean max_prob over generated tokens.
+  // The ids fed and produced, for teacher-forced evaluation
+  // (engine/stages/evaluation.h). generated_token_ids: [generated_tokens],
+  // EOS excluded, stop-string tokens included. prompt_token_ids:
+  // [prompt_tokens], only when the caller handed them to FinishStage
+  // (RunReasoning does), else empty. Not part of ReasoningResultToJson.
+  std::vector<int32_t> prompt_token_ids;
+  std::vector<int32_t> generated_token_ids;
 };
 
 struct StageRecord {
@@ -113,8 +120,11 @@ class ReasoningSession {
   // prompt does not fit the model's context.
   absl::StatusOr<std::vector<GenerationRequest>> StageRequests() const;
   // Records the next stage's results (same order as StageRequests) and
-  // moves on; `seconds`: the stage's wall time.
-  void FinishStage(std::vector<GenerationResult> results, double seconds);
+  // moves on; `seconds`: the stage's wall time. `prompt_token_ids`, when
+  // given ([branches], the requests' prompt_tokens), is kept in the
+  // branch records.
+  void FinishStage(std::vector<GenerationResult> results, double seconds,
+                   std::vector<std::vector<int32_t>> prompt_token_ids = {});
 
   // The records so far; after the last stage, with the extracted answer.
   const ReasoningResult& result() const { return result_; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every numeric flag of litestage-server, litestage-run, litestage-cli and the
-# benchmarks engine_bench and stages_bench at and past its bounds (kernels_bench
+# Every numeric flag of litestage-server, litestage-run, litestage-cli,
+# litestage-eval and the benchmarks engine_bench and stages_bench at and past its bounds (kernels_bench
 # takes only Google Benchmark's own flags), on the real binaries: out-of-range, huge, negative,
 # inf, nan and non-numbers must exit non-zero (never by a signal, never hang)
 # with a message naming the flag; the boundary values themselves must get
@@ -28,6 +28,7 @@ prefix_for() {
     litestage-server) echo "--model=$work/absent --port=0 --metrics-port=0" ;;
     litestage-run) echo "--model=$work/absent --prompt=x" ;;
     litestage-cli) echo "health --target=127.0.0.1:1 --timeout=2" ;;
+    litestage-eval) echo "--model=$work/absent --dataset=$work/absent" ;;
     engine_bench) echo "--models-dir=$work/absent --bandwidth-mb=0" ;;
     stages_bench) echo "--model=$work/absent" ;;
   esac
@@ -88,7 +89,8 @@ double_flag() {
   done
 }
 
-for b in litestage-server litestage-run litestage-cli engine_bench stages_bench; do
+for b in litestage-server litestage-run litestage-cli litestage-eval engine_bench \
+         stages_bench; do
   [ -x "$dir/$b" ] || { echo "FAIL: $dir/$b is missing"; exit 1; }
 done
 
@@ -128,6 +130,13 @@ int_flag litestage-cli concurrency 1 1024
 int_flag litestage-cli requests 0 1048576
 double_flag litestage-cli duration 0 86400 -0.001 86400.001
 int_flag litestage-cli questions-limit 0 1048576
+
+# litestage-eval
+int_flag litestage-eval limit 0 1048576
+int_flag litestage-eval offset 0 1048576
+int_flag litestage-eval calibration 0 1048576
+int_flag litestage-eval threads 0 1024
+int_flag litestage-eval max-new-tokens 0 1048576
 
 # Benchmarks. bandwidth-mb's upper bound is not run: it allocates that much.
 int_flag engine_bench prefill-tokens 1 1048576

@@ -1,0 +1,503 @@
+// Profile evaluation: spec parsing, per-(profile, question) runs with
+// teacher-forced fidelity, and per-profile aggregation (evaluation.h); the
+// JSON forms live in evaluation_json.cc.
+#include "engine/stages/evaluation.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/early_exit.h"
+#include "engine/sampler.h"
+#include "engine/util/check.h"
+#include "engine/util/status_macros.h"
+
+namespace litestage {
+namespace {
+
+constexpr char kEarlyExitMarker[] = "@ee=";
+
+absl::Status SpecError(absl::string_view spec, absl::string_view why) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("profile spec '", spec, "': ", why));
+}
+
+bool IsFull(const Profile& profile, const Pipeline& pipeline) {
+  for (const PipelineStage& stage : pipeline.stages) {
+    const StageProfile& s = profile.ForStage(stage.name);
+    const auto any = [](const std::vector<bool>& v) {
+      return std::find(v.begin(), v.end(), true) != v.end();
+    };
+    if (any(s.skip.attention) || any(s.skip.mlp) || s.early_exit.enabled()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Index of the largest logit; the first on ties, as greedy sampling picks.
+int32_t Argmax(const float* row, int64_t vocab) {
+  return static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+}
+
+}  // namespace
+
+Interval WilsonInterval(int64_t successes, int64_t n) {
+  if (n <= 0) return {0, 1};
+  constexpr double z = 1.959963984540054;  // 97.5% normal quantile.
+  const double nn = static_cast<double>(n);
+  const double p = static_cast<double>(successes) / nn;
+  const double z2 = z * z;
+  const double denominator = 1 + z2 / nn;
+  const double center = (p + z2 / (2 * nn)) / denominator;
+  const double half =
+      z / denominator * std::sqrt(p * (1 - p) / nn + z2 / (4 * nn * nn));
+  return {std::max(0.0, center - half), std::min(1.0, center + half)};
+}
+
+double Mean(const std::vector<double>& values) {
+  if (values.empty()) return 0;
+  double sum = 0;
+  for (double v : values) sum += v;
+  return sum / static_cast<double>(values.size());
+}
+
+double Quantile(std::vector<double> values, double q) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  const double position = q * static_cast<double>(values.size() - 1);
+  const size_t below = static_cast<size_t>(std::floor(position));
+  const size_t above = std::min(below + 1, values.size() - 1);
+  const double fraction = position - static_cast<double>(below);
+  return values[below] + fraction * (values[above] - values[below]);
+}
+
+absl::StatusOr<ProfileSpec> ParseProfileSpec(absl::string_view text) {
+  ProfileSpec spec;
+  spec.text = std::string(text);
+  if (text.empty()) return SpecError(text, "empty");
+  absl::string_view base = text;
+  const size_t at = text.rfind(kEarlyExitMarker);
+  if (at != absl::string_view::npos) {
+    base = text.substr(0, at);
+    const std::vector<std::string> parts =
+        absl::StrSplit(text.substr(at + sizeof(kEarlyExitMarker) - 1), ',');
+    if (parts.size() < 2 || parts.size() > 3) {
+      return SpecError(text,
+                       "early exit is @ee=WINDOW,THRESHOLD[,max_prob|"
+                       "max_logit]");
+    }
+    EarlyExitConfig early_exit;
+    double threshold = 0;
+    if (!absl::SimpleAtoi(parts[0], &early_exit.window)) {
+      return SpecError(text, absl::StrCat("early-exit window '", parts[0],
+                                          "' is not an integer"));
+    }
+    if (!absl::SimpleAtod(parts[1], &threshold) || !std::isfinite(threshold)) {
+      return SpecError(text, absl::StrCat("early-exit threshold '", parts[1],
+                                          "' is not a finite number"));
+    }
+    early_exit.threshold = static_cast<float>(threshold);
+    if (parts.size() == 3) {
+      absl::StatusOr<ConfidenceKind> kind = ParseConfidenceKind(parts[2]);
+      if (!kind.ok()) return SpecError(text, kind.status().message());
+      early_exit.kind = *kind;
+    }
+    if (early_exit.window < 1) {
+      return SpecError(text, "early-exit window must be >= 1");
+    }
+    if (absl::Status status = ValidateEarlyExitConfig(early_exit);
+        !status.ok()) {
+      return SpecError(text, status.message());
+    }
+    spec.early_exit = early_exit;
+  }
+  if (base.empty()) return SpecError(text, "no profile before @ee=");
+  spec.base = std::string(base);
+  if (absl::StartsWith(base, "adaskip:")) {
+    int64_t k = 0;
+    if (!absl::SimpleAtoi(base.substr(8), &k) || k < 0) {
+      return SpecError(text, "adaskip:K needs an integer K >= 0");
+    }
+    spec.adaskip = k;
+  } else if (absl::StartsWith(base, "even:") ||
+             absl::StartsWith(base, "last:")) {
+    int64_t k = 0;
+    if (!absl::SimpleAtoi(base.substr(5), &k) || k < 0) {
+      return SpecError(
+          text, absl::StrCat(base.substr(0, 4), ":K needs an integer K >= 0"));
+    }
+  }
+  return spec;
+}
+
+absl::StatusOr<std::vector<ProfileSpec>> ParseProfileList(
+    absl::string_view list) {
+  std::vector<std::string> pieces;
+  for (absl::string_view piece : absl::StrSplit(list, ',')) {
+    double number = 0;
+    const bool continues = !pieces.empty() &&
+                           absl::StrContains(pieces.back(), kEarlyExitMarker) &&
+                           (absl::SimpleAtod(piece, &number) ||
+                            piece == "max_prob" || piece == "max_logit");
+    if (continues) {
+      absl::StrAppend(&pieces.back(), ",", piece);
+    } else {
+      pieces.emplace_back(piece);
+    }
+  }
+  std::vector<ProfileSpec> specs;
+  for (const std::string& piece : pieces) {
+    LS_ASSIGN_OR_RETURN(ProfileSpec spec, ParseProfileSpec(piece));
+    for (const ProfileSpec& earlier : specs) {
+      if (earlier.text == spec.text) {
+        return SpecError(spec.text, "listed twice");
+      }
+    }
+    specs.push_back(std::move(spec));
+  }
+  if (specs.empty()) return absl::InvalidArgumentError("no profiles given");
+  return specs;
+}
+
+absl::StatusOr<Profile> ResolveProfileSpec(
+    const ProfileSpec& spec, const Engine& engine, const Pipeline& pipeline,
+    const std::vector<SublayerRef>& ranking) {
+  const int64_t layers = engine.config().num_hidden_layers;
+  std::vector<std::string> stage_names;
+  for (const PipelineStage& stage : pipeline.stages) {
+    stage_names.push_back(stage.name);
+  }
+  Profile profile;
+  if (spec.adaskip.has_value()) {
+    if (*spec.adaskip > 2 * layers) {
+      return SpecError(
+          spec.text,
+          absl::StrCat("adaskip:K needs K <= 2 * layers = ", 2 * layers));
+    }
+    if (static_cast<int64_t>(ranking.size()) != 2 * layers) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("profile spec '", spec.text,
+                       "': adaskip needs the importance ranking of all ",
+                       2 * layers, " sub-layers, got ", ranking.size()));
+    }
+    profile.builtin = true;
+    profile.ranking = ranking;
+    profile.every_stage.emplace();
+    profile.every_stage->skip =
+        SkipSetFromRanking(ranking, *spec.adaskip, layers);
+    profile.provenance.method = "adaskip";
+  } else {
+    absl::StatusOr<Profile> resolved = ResolveProfile(
+        spec.base, engine.fingerprint(), layers, pipeline.name, stage_names);
+    if (!resolved.ok()) {
+      return absl::Status(resolved.status().code(),
+                          absl::StrCat("profile spec '", spec.text,
+                                       "': ", resolved.status().message()));
+    }
+    profile = *std::move(resolved);
+  }
+  profile.name = spec.text;
+  if (spec.early_exit.has_value()) {
+    if (profile.every_stage.has_value()) {
+      profile.every_stage->early_exit = *spec.early_exit;
+    }
+    for (auto& [name, stage] : profile.stages) {
+      stage.early_exit = *spec.early_exit;
+    }
+  }
+  return profile;
+}
+
+absl::StatusOr<ReferenceTokens> ReferenceTokensFromRun(
+    const ReasoningResult& full) {
+  ReferenceTokens tokens;
+  for (const StageRecord& stage : full.stages) {
+    std::vector<ReferenceTokens::Branch>& branches =
+        tokens.stages.emplace_back();
+    for (const BranchRecord& branch : stage.branches) {
+      if (!branch.generated_token_ids.empty() &&
+          branch.prompt_token_ids.empty()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("fidelity: stage '", stage.name,
+                         "' of full's run kept no prompt token ids (run it "
+                         "with RunReasoning)"));
+      }
+      branches.push_back({branch.prompt_token_ids, branch.generated_token_ids});
+    }
+  }
+  return tokens;
+}
+
+absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
+    Engine& engine, const Pipeline& pipeline, const Profile& profile,
+    const ReferenceTokens& full) {
+  if (full.stages.size() != pipeline.stages.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fidelity: full's run has ", full.stages.size(),
+                     " stages, the pipeline ", pipeline.stages.size()));
+  }
+  const int64_t vocab = engine.config().vocab_size;
+  const int64_t context = engine.config().max_position_embeddings;
+  std::vector<FidelityCount> counts(full.stages.size());
+  for (size_t s = 0; s < full.stages.size(); ++s) {
+    const PipelineStage& stage = pipeline.stages[s];
+    const SkipSet& skip = profile.ForStage(stage.name).skip;
+    for (const ReferenceTokens::Branch& branch : full.stages[s]) {
+      const std::vector<int32_t>& generated = branch.generated;
+      if (generated.empty()) continue;
+      // [prompt, generated without its last token]: position p-1+i predicts
+      // generated[i]; the last token predicts nothing we compare.
+      std::vector<int32_t> tokens = branch.prompt;
+      tokens.insert(tokens.end(), generated.begin(), generated.end() - 1);
+      if (branch.prompt.empty() ||
+          (context > 0 && static_cast<int64_t>(tokens.size()) > context)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "fidelity: stage '", stage.name, "': ", branch.prompt.size(),
+            " prompt + ", generated.size(),
+            " generated tokens do not fit a forward pass of this model"));
+      }
+      // PromptLogits rejects ids outside the vocabulary (a corrupt cache).
+      LS_ASSIGN_OR_RETURN(std::vector<float> logits,
+                          engine.PromptLogits(tokens, skip));  // [n, vocab]
+      LS_CHECK_EQ(logits.size(), tokens.size() * static_cast<size_t>(vocab));
+      const size_t first = branch.prompt.size() - 1;
+      for (size_t i = 0; i < generated.size(); ++i) {
+        const float* row = logits.data() + (first + i) * vocab;
+        counts[s].hits += Argmax(row, vocab) == generated[i] ? 1 : 0;
+        ++counts[s].total;
+      }
+    }
+  }
+  return counts;
+}
+
+absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
+    Engine& engine, const Pipeline& pipeline, const Profile& profile,
+    const ReasoningResult& full) {
+  LS_ASSIGN_OR_RETURN(ReferenceTokens tokens, ReferenceTokensFromRun(full));
+  return TeacherForcedFidelity(engine, pipeline, profile, tokens);
+}
+
+absl::Status AddFidelity(Engine& engine, const Pipeline& pipeline,
+                         const Profile& profile, const ReferenceTokens& full,
+                         QuestionEval* row) {
+  const auto start = std::chrono::steady_clock::now();
+  LS_ASSIGN_OR_RETURN(std::vector<FidelityCount> fidelity,
+                      TeacherForcedFidelity(engine, pipeline, profile, full));
+  if (fidelity.size() != row->stages.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fidelity: row has ", row->stages.size(), " stages, ",
+                     fidelity.size(), " measured"));
+  }
+  for (size_t s = 0; s < fidelity.size(); ++s) {
+    row->stages[s].fidelity = fidelity[s];
+  }
+  row->fidelity_measured = true;
+  row->fidelity_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  return absl::OkStatus();
+}
+
+QuestionEval MakeQuestionEval(const std::string& profile,
+                              const QuestionItem& item,
+                              const ReasoningResult& result,
+                              const std::vector<FidelityCount>& fidelity) {
+  QuestionEval row;
+  row.profile = profile;
+  row.question_id = item.id;
+  row.answer_index = result.answer_index;
+  row.label = item.answer;
+  row.seconds = result.seconds;
+  row.fidelity_measured = !fidelity.empty();
+  for (size_t s = 0; s < result.stages.size(); ++s) {
+    const StageRecord& record = result.stages[s];
+    StageEval stage;
+    stage.name = record.name;
+    stage.prompt_tokens = record.prompt_tokens;
+    stage.generated_tokens = record.generated_tokens;
+    stage.seconds = record.seconds;
+    stage.prefill_seconds = record.prefill_seconds;
+    stage.decode_seconds = record.decode_seconds;
+    stage.early_exit_fired = record.early_exit_fired;
+    stage.branches = static_cast<int64_t>(record.branches.size());
+    if (s < fidelity.size()) stage.fidelity = fidelity[s];
+    row.stages.push_back(std::move(stage));
+  }
+  return row;
+}
+
+ReasoningRequest RequestForItem(const QuestionItem& item,
+                                const ReasoningRequest& base) {
+  ReasoningRequest request = base;
+  request.question = item.question;
+  request.choices = item.choices;
+  return request;
+}
+
+absl::StatusOr<QuestionEval> EvaluateQuestion(
+    Engine& engine, const Pipeline& pipeline, const Profile& profile,
+    const std::string& profile_name, const QuestionItem& item,
+    const ReasoningRequest& base, const ReasoningResult* full_run,
+    ReasoningResult* run) {
+  absl::StatusOr<ReasoningResult> result =
+      RunReasoning(engine, pipeline, profile, RequestForItem(item, base));
+  if (!result.ok()) {
+    return absl::Status(
+        result.status().code(),
+        absl::StrCat("question ", item.id, ", profile ", profile_name, ": ",
+                     result.status().message()));
+  }
+  QuestionEval row = MakeQuestionEval(profile_name, item, *result, {});
+  if (full_run != nullptr) {
+    // The same run when evaluating full itself: its fidelity is then
+    // against its own tokens (1.0 unless prefill and decode disagree on a
+    // near-tie).
+    LS_ASSIGN_OR_RETURN(
+        ReferenceTokens reference,
+        ReferenceTokensFromRun(full_run == run ? *result : *full_run));
+    LS_RETURN_IF_ERROR(AddFidelity(engine, pipeline, profile, reference, &row));
+  }
+  if (run != nullptr) *run = *std::move(result);
+  return row;
+}
+
+bool AnswersAgree(const QuestionEval& a, const QuestionEval& b) {
+  return a.answer_index == b.answer_index;
+}
+
+absl::StatusOr<ProfileSummary> SummarizeProfile(
+    const std::vector<QuestionEval>& rows,
+    const std::vector<QuestionEval>& full_rows) {
+  ProfileSummary summary;
+  if (rows.empty()) return absl::InvalidArgumentError("summary: no rows");
+  summary.profile = rows[0].profile;
+  std::map<std::string, const QuestionEval*> full_by_id;
+  for (const QuestionEval& row : full_rows) full_by_id[row.question_id] = &row;
+  std::vector<double> seconds;
+  std::vector<double> full_seconds;
+  const size_t num_stages = rows[0].stages.size();
+  std::vector<std::vector<double>> stage_seconds(num_stages);
+  std::vector<std::vector<double>> stage_fidelity(num_stages);
+  summary.stages.resize(num_stages);
+  for (const QuestionEval& row : rows) {
+    if (row.profile != summary.profile) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "summary: rows of profiles ", summary.profile, " and ", row.profile));
+    }
+    if (row.stages.size() != num_stages) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("summary: question ", row.question_id, " has ",
+                       row.stages.size(), " stages, expected ", num_stages));
+    }
+    auto full = full_by_id.find(row.question_id);
+    if (full == full_by_id.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "summary: question ", row.question_id, " has no full row"));
+    }
+    ++summary.n;
+    if (row.label.has_value()) ++summary.labelled;
+    if (row.correct()) ++summary.correct;
+    if (row.answered()) ++summary.answered;
+    if (AnswersAgree(row, *full->second)) ++summary.agree;
+    seconds.push_back(row.seconds);
+    summary.mean_fidelity_seconds += row.fidelity_seconds;
+    full_seconds.push_back(full->second->seconds);
+    for (size_t s = 0; s < num_stages; ++s) {
+      const StageEval& stage = row.stages[s];
+      StageSummary& out = summary.stages[s];
+      out.name = stage.name;
+      if (row.fidelity_measured) {
+        out.fidelity_hits += stage.fidelity.hits;
+        out.fidelity_total += stage.fidelity.total;
+        stage_fidelity[s].push_back(stage.fidelity.fidelity());
+      }
+      stage_seconds[s].push_back(stage.seconds);
+      out.mean_prefill_seconds += stage.prefill_seconds;
+      out.mean_decode_seconds += stage.decode_seconds;
+      out.mean_prompt_tokens += static_cast<double>(stage.prompt_tokens);
+      out.mean_generated_tokens += static_cast<double>(stage.generated_tokens);
+      out.early_exit_rate += stage.early_exit_fired ? 1 : 0;
+    }
+  }
+  const double n = static_cast<double>(summary.n);
+  summary.accuracy =
+      summary.labelled > 0
+          ? static_cast<double>(summary.correct) / summary.labelled
+          : 0;
+  summary.accuracy_ci = WilsonInterval(summary.correct, summary.labelled);
+  summary.answered_rate = summary.answered / n;
+  summary.agreement = summary.agree / n;
+  summary.agreement_ci = WilsonInterval(summary.agree, summary.n);
+  summary.mean_seconds = Mean(seconds);
+  summary.mean_fidelity_seconds /= n;
+  summary.p90_seconds = Quantile(seconds, 0.9);
+  summary.speedup =
+      summary.mean_seconds > 0 ? Mean(full_seconds) / summary.mean_seconds : 0;
+  for (size_t s = 0; s < num_stages; ++s) {
+    StageSummary& out = summary.stages[s];
+    if (!stage_fidelity[s].empty()) out.fidelity = Mean(stage_fidelity[s]);
+    out.mean_seconds = Mean(stage_seconds[s]);
+    out.p90_seconds = Quantile(stage_seconds[s], 0.9);
+    out.mean_prefill_seconds /= n;
+    out.mean_decode_seconds /= n;
+    out.mean_prompt_tokens /= n;
+    out.mean_generated_tokens /= n;
+    out.early_exit_rate /= n;
+  }
+  return summary;
+}
+
+absl::StatusOr<Evaluation> EvaluateProfiles(
+    Engine& engine, const Pipeline& pipeline,
+    const std::vector<Profile>& profiles, const std::vector<std::string>& names,
+    const std::vector<QuestionItem>& questions,
+    const EvaluationOptions& options, const EvaluationProgress& progress) {
+  if (profiles.empty() || !IsFull(profiles[0], pipeline)) {
+    return absl::InvalidArgumentError(
+        "evaluation: the first profile must be full (no skip, no early "
+        "exit): agreement, fidelity and speedup are relative to it");
+  }
+  if (names.size() != profiles.size()) {
+    return absl::InvalidArgumentError("evaluation: one name per profile");
+  }
+  if (questions.empty()) {
+    return absl::InvalidArgumentError("evaluation: no questions");
+  }
+  Evaluation evaluation;
+  evaluation.profiles = names;
+  evaluation.rows.resize(profiles.size());
+  const int64_t total =
+      static_cast<int64_t>(profiles.size() * questions.size());
+  int64_t done = 0;
+  for (const QuestionItem& item : questions) {
+    evaluation.question_ids.push_back(item.id);
+    ReasoningResult full_run;
+    for (size_t p = 0; p < profiles.size(); ++p) {
+      ReasoningResult* keep = p == 0 ? &full_run : nullptr;
+      LS_ASSIGN_OR_RETURN(
+          QuestionEval row,
+          EvaluateQuestion(engine, pipeline, profiles[p], names[p], item,
+                           options.base, options.fidelity ? &full_run : nullptr,
+                           keep));
+      evaluation.rows[p].push_back(std::move(row));
+      if (progress) progress(++done, total);
+    }
+  }
+  for (size_t p = 0; p < profiles.size(); ++p) {
+    LS_ASSIGN_OR_RETURN(
+        ProfileSummary summary,
+        SummarizeProfile(evaluation.rows[p], evaluation.rows[0]));
+    evaluation.summaries.push_back(std::move(summary));
+  }
+  return evaluation;
+}
+
+}  // namespace litestage

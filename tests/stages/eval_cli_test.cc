@@ -1,0 +1,202 @@
+// litestage-eval end to end, as a user runs it: the real stories260K model
+// from ../shared, a zero-shot TinyThinker pipeline file written here (its
+// 512-token context cannot hold the few-shot example), 3 OBQA test
+// questions, every kind of profile spec. Checks the JSON and CSV outputs and
+// that bad specs fail naming the spec. Needs LITESTAGE_SHARED and
+// LITESTAGE_BIN_DIR (fails, never skips, without them).
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "engine/stages/pipeline.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/common/scoped_temp_dir.h"
+
+namespace litestage {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout only.
+};
+
+// Runs `command`; stderr goes to `stderr_path`.
+CommandResult RunCommand(const std::string& command,
+                         const std::string& stderr_path) {
+  CommandResult result;
+  FILE* pipe = popen((command + " 2>'" + stderr_path + "'").c_str(), "r");
+  if (pipe == nullptr) return result;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
+    result.output.append(buffer, n);
+  }
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+class EvalCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* shared = std::getenv("LITESTAGE_SHARED");
+    const char* bin = std::getenv("LITESTAGE_BIN_DIR");
+    ASSERT_NE(shared, nullptr) << "LITESTAGE_SHARED is not set";
+    ASSERT_NE(bin, nullptr) << "LITESTAGE_BIN_DIR is not set";
+    model_ = std::string(shared) + "/models/stories260K";
+    dataset_ = std::string(shared) + "/data/obqa/test.jsonl";
+    calibration_ = std::string(shared) + "/data/obqa/train.jsonl";
+    binary_ = std::string(bin) + "/litestage-eval";
+    ASSERT_TRUE(std::filesystem::exists(model_ + "/config.json")) << model_;
+    ASSERT_TRUE(std::filesystem::exists(dataset_)) << dataset_;
+    ASSERT_TRUE(std::filesystem::exists(binary_)) << binary_;
+    auto pipeline = BuiltinPipeline("tinythinker");
+    ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+    pipeline->few_shot.clear();
+    pipeline->name = "tinythinker-zero-shot";
+    pipeline_ = dir_.path() + "/pipeline.json";
+    std::ofstream(pipeline_) << PipelineToJson(*pipeline);
+  }
+
+  std::string Command(const std::string& extra) const {
+    return "'" + binary_ + "' --model '" + model_ + "' --pipeline '" +
+           pipeline_ + "' --dataset '" + dataset_ +
+           "' --calibration-dataset '" + calibration_ +
+           "' --calibration 2 --threads 2 " +
+           "--max-new-tokens 24 --progress=false " + extra;
+  }
+
+  testing::ScopedTempDir dir_{"eval_cli_test"};
+  std::string model_, dataset_, calibration_, binary_, pipeline_;
+};
+
+TEST_F(EvalCliTest, EveryProfileKindOnThreeObqaQuestions) {
+  const std::string csv = dir_.path() + "/out.csv";
+  const std::string log = dir_.path() + "/stderr.txt";
+  // full is listed last: the tool evaluates it first anyway.
+  const CommandResult run = RunCommand(
+      Command("--limit 3 --json --csv '" + csv +
+              "' --profiles even:1,last:1,adaskip:2,full@ee=4,0.3,full"),
+      log);
+  ASSERT_EQ(run.exit_code, 0) << ReadFile(log);
+  const nlohmann::json out = nlohmann::json::parse(run.output, nullptr, false);
+  ASSERT_FALSE(out.is_discarded()) << run.output;
+  EXPECT_EQ(out["question_ids"].size(), 3u);
+  EXPECT_EQ(out["few_shot"], true);  // The file's (empty) few-shot.
+  ASSERT_TRUE(out["calibration"].is_object());
+  EXPECT_EQ(out["calibration"]["question_ids"].size(), 2u);
+  EXPECT_EQ(out["calibration"]["ranking"].size(), 10u);  // 2 x 5 layers.
+
+  const std::vector<std::string> expected = {"full", "even:1", "last:1",
+                                             "adaskip:2", "full@ee=4,0.3"};
+  ASSERT_EQ(out["profiles"].size(), expected.size());
+  for (size_t p = 0; p < expected.size(); ++p) {
+    const nlohmann::json& s = out["profiles"][p];
+    SCOPED_TRACE(expected[p]);
+    EXPECT_EQ(s["profile"], expected[p]);
+    EXPECT_EQ(s["n"], 3);
+    for (const char* rate : {"accuracy", "answered_rate", "agreement"}) {
+      EXPECT_GE(s[rate].get<double>(), 0) << rate;
+      EXPECT_LE(s[rate].get<double>(), 1) << rate;
+    }
+    for (const char* ci : {"accuracy_ci95", "agreement_ci95"}) {
+      EXPECT_LE(s[ci][0].get<double>(), s[ci][1].get<double>()) << ci;
+      EXPECT_GE(s[ci][0].get<double>(), 0) << ci;
+      EXPECT_LE(s[ci][1].get<double>(), 1) << ci;
+    }
+    EXPECT_GT(s["mean_seconds"].get<double>(), 0);
+    EXPECT_GE(s["p90_seconds"].get<double>(), 0);
+    EXPECT_GT(s["speedup"].get<double>(), 0);
+    ASSERT_EQ(s["stages"].size(), 3u);
+    for (const nlohmann::json& stage : s["stages"]) {
+      EXPECT_GE(stage["fidelity"].get<double>(), 0);
+      EXPECT_LE(stage["fidelity"].get<double>(), 1);
+      EXPECT_GT(stage["fidelity_total"].get<int64_t>(), 0);
+      EXPECT_GT(stage["mean_prompt_tokens"].get<double>(), 0);
+      EXPECT_LE(stage["mean_generated_tokens"].get<double>(), 4 * 24);
+      EXPECT_GE(stage["early_exit_rate"].get<double>(), 0);
+      EXPECT_LE(stage["early_exit_rate"].get<double>(), 1);
+    }
+  }
+  const nlohmann::json& full = out["profiles"][0];
+  EXPECT_EQ(full["agreement"], 1.0);
+  EXPECT_EQ(full["speedup"], 1.0);
+  for (const nlohmann::json& stage : full["stages"]) {
+    EXPECT_EQ(stage["fidelity"], 1.0) << stage["name"];
+    EXPECT_EQ(stage["early_exit_rate"], 0.0) << stage["name"];
+  }
+  // Early exit alone keeps the skip set, so the teacher-forced fidelity
+  // stays exact; a skipping profile's does not.
+  for (const nlohmann::json& stage : out["profiles"][4]["stages"]) {
+    EXPECT_EQ(stage["fidelity"], 1.0) << stage["name"];
+  }
+  EXPECT_LT(out["profiles"][1]["stages"][0]["fidelity"].get<double>(), 1.0);
+  // One row per (profile, question).
+  EXPECT_EQ(out["rows"].size(), 15u);
+  std::set<std::string> seen;
+  for (const nlohmann::json& row : out["rows"]) {
+    seen.insert(row["profile"].get<std::string>() + "/" +
+                row["question_id"].get<std::string>());
+  }
+  EXPECT_EQ(seen.size(), 15u);
+
+  // The CSVs: a header and one line per profile / per (profile, question);
+  // the early-exit spec's commas quoted.
+  const std::string summary = ReadFile(csv);
+  EXPECT_EQ(std::count(summary.begin(), summary.end(), '\n'), 6);
+  EXPECT_THAT(summary, HasSubstr("\"full@ee=4,0.3\","));
+  EXPECT_THAT(summary, HasSubstr("recall_fidelity"));
+  const std::string questions = ReadFile(dir_.path() + "/out-questions.csv");
+  EXPECT_EQ(std::count(questions.begin(), questions.end(), '\n'), 16);
+}
+
+TEST_F(EvalCliTest, TableAndErrors) {
+  const std::string log = dir_.path() + "/stderr.txt";
+  const CommandResult table =
+      RunCommand(Command("--limit 1 --offset 2 --profiles even:1"), log);
+  ASSERT_EQ(table.exit_code, 0) << ReadFile(log);
+  EXPECT_THAT(table.output, HasSubstr("accuracy% [95%]"));
+  EXPECT_THAT(table.output, HasSubstr("\nfull "));
+  EXPECT_THAT(table.output, HasSubstr("\neven:1 "));
+  EXPECT_THAT(table.output, HasSubstr("1 questions"));
+
+  const CommandResult bad =
+      RunCommand(Command("--limit 1 --profiles full,adaskip:x"), log);
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("'adaskip:x'"));
+  const CommandResult ee =
+      RunCommand(Command("--limit 1 --profiles full@ee=4,7"), log);
+  EXPECT_EQ(ee.exit_code, 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("'full@ee=4,7'"));
+  const CommandResult range = RunCommand(Command("--limit -1"), log);
+  EXPECT_EQ(range.exit_code, 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("--limit"));
+  // Calibration drawn from the evaluated file itself must skip them: with
+  // the whole 500-question test set evaluated, nothing is left.
+  const CommandResult overlap = RunCommand(
+      "'" + binary_ + "' --model '" + model_ + "' --pipeline '" + pipeline_ +
+          "' --dataset '" + dataset_ + "' --profiles adaskip:1 --calibration 1",
+      log);
+  EXPECT_EQ(overlap.exit_code, 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("outside the evaluated ones"));
+}
+
+}  // namespace
+}  // namespace litestage
