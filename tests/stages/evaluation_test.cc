@@ -11,48 +11,12 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/stages/tiny_pipeline.h"
 
 namespace litestage {
 namespace {
 
 using ::testing::HasSubstr;
-
-// Three stages with a fan-out and no stop strings or few-shot: stage lengths
-// are set by max_new_tokens (or EOS) alone, so the independent computation
-// below needs nothing but the prompts and greedy decoding.
-constexpr char kShortPipeline[] = R"json({
-  "schema": "litestage.pipeline/v1",
-  "name": "short",
-  "min_choices": 2,
-  "max_choices": 5,
-  "answer_regex": "([A-E])",
-  "stages": [
-    {"name": "recall", "prompt": "{question}\n{choices}\nRecall:",
-     "max_new_tokens": 8},
-    {"name": "analysis", "fan_out": true,
-     "prompt": "{question}\nRecall: {stage.recall}\nFor option {option},",
-     "max_new_tokens": 6},
-    {"name": "summary",
-     "prompt": "{question}\n{stage.recall}\n{stage.analysis}\nSo:",
-     "max_new_tokens": 7}
-  ]
-})json";
-
-std::unique_ptr<Engine> MakeTinyEngine() {
-  EngineOptions options;
-  options.model = "synthetic:tiny";
-  options.matrix_dtype = DType::kF32;
-  options.backend.num_threads = 2;
-  auto engine = Engine::Create(options);
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  return engine.ok() ? *std::move(engine) : nullptr;
-}
-
-Pipeline ShortPipeline() {
-  auto pipeline = ParsePipeline(kShortPipeline, "test:short");
-  EXPECT_TRUE(pipeline.ok()) << pipeline.status();
-  return pipeline.ok() ? *pipeline : Pipeline{};
-}
 
 QuestionItem Item() {
   QuestionItem item;
@@ -121,7 +85,7 @@ std::vector<FidelityCount> IndependentFidelity(Engine& engine,
 TEST(EvaluationTest, TeacherForcedFidelityMatchesIndependentComputation) {
   std::unique_ptr<Engine> engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  const Pipeline pipeline = ShortPipeline();
+  const Pipeline pipeline = ShortPipeline(8, 6, 7);
   const int64_t layers = engine->config().num_hidden_layers;
   const QuestionItem item = Item();
   auto full_profile = BuiltinProfile("full", layers);
@@ -161,7 +125,7 @@ TEST(EvaluationTest, TeacherForcedFidelityMatchesIndependentComputation) {
 TEST(EvaluationTest, CachedReferenceTokensGiveTheSameFidelity) {
   std::unique_ptr<Engine> engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  const Pipeline pipeline = ShortPipeline();
+  const Pipeline pipeline = ShortPipeline(8, 6, 7);
   const int64_t layers = engine->config().num_hidden_layers;
   const QuestionItem item = Item();
   auto full_profile = BuiltinProfile("full", layers);
@@ -220,7 +184,7 @@ TEST(EvaluationTest, CachedReferenceTokensGiveTheSameFidelity) {
 TEST(EvaluationTest, EvaluateProfilesFullIsExactlyFaithfulToItself) {
   std::unique_ptr<Engine> engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  const Pipeline pipeline = ShortPipeline();
+  const Pipeline pipeline = ShortPipeline(8, 6, 7);
   const int64_t layers = engine->config().num_hidden_layers;
   std::vector<Profile> profiles;
   for (const std::string spec : {"full", "even:1"}) {
@@ -356,7 +320,7 @@ TEST(EvaluationTest, RejectsBadSpecsNamingThem) {
 TEST(EvaluationTest, AdaskipSkipsTheFirstKOfTheRankingInEveryStage) {
   std::unique_ptr<Engine> engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  const Pipeline pipeline = ShortPipeline();
+  const Pipeline pipeline = ShortPipeline(8, 6, 7);
   const int64_t layers = engine->config().num_hidden_layers;
   // A ranking that is neither layer order nor kind order.
   std::vector<SublayerRef> ranking;

@@ -12,47 +12,12 @@
 #include "absl/strings/str_replace.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/stages/tiny_pipeline.h"
 
 namespace litestage {
 namespace {
 
 using ::testing::HasSubstr;
-
-// A short three-stage pipeline with a fan-out, no few-shot prefix and no
-// stop strings, so stage lengths are set by max_new_tokens alone.
-constexpr char kShortPipeline[] = R"json({
-  "schema": "litestage.pipeline/v1",
-  "name": "short",
-  "min_choices": 2,
-  "max_choices": 5,
-  "answer_regex": "([A-E])",
-  "stages": [
-    {"name": "recall", "prompt": "{question}\n{choices}\nRecall:",
-     "max_new_tokens": 6},
-    {"name": "analysis", "fan_out": true,
-     "prompt": "{question}\nRecall: {stage.recall}\nFor option {option},",
-     "max_new_tokens": 5},
-    {"name": "summary",
-     "prompt": "{question}\n{stage.recall}\n{stage.analysis}\nSo:",
-     "max_new_tokens": 7}
-  ]
-})json";
-
-std::unique_ptr<Engine> MakeTinyEngine() {
-  EngineOptions options;
-  options.model = "synthetic:tiny";
-  options.matrix_dtype = DType::kF32;
-  options.backend.num_threads = 2;
-  auto engine = Engine::Create(options);
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  return engine.ok() ? *std::move(engine) : nullptr;
-}
-
-Pipeline ShortPipeline() {
-  auto pipeline = ParsePipeline(kShortPipeline, "test:short");
-  EXPECT_TRUE(pipeline.ok()) << pipeline.status();
-  return pipeline.ok() ? *pipeline : Pipeline{};
-}
 
 Profile Builtin(const std::string& spec, int64_t layers) {
   auto profile = BuiltinProfile(spec, layers);
@@ -124,7 +89,7 @@ void ExpectConsistentRecords(const ReasoningResult& result,
 TEST(SessionTest, FullProfileEqualsPlainGenerationStageByStage) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  const Pipeline pipeline = ShortPipeline();
+  const Pipeline pipeline = ShortPipeline(6, 5, 7);
   const int64_t layers = engine->config().num_hidden_layers;
   auto result =
       RunReasoning(*engine, pipeline, Builtin("full", layers), Question());
@@ -161,7 +126,7 @@ TEST(SessionTest, FullProfileEqualsPlainGenerationStageByStage) {
 TEST(SessionTest, ProfileThatSkipsNothingEqualsFull) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  const Pipeline pipeline = ShortPipeline();
+  const Pipeline pipeline = ShortPipeline(6, 5, 7);
   const int64_t layers = engine->config().num_hidden_layers;
   const std::string document = absl::StrReplaceAll(
       R"json({"schema": "litestage.profile/v1", "name": "nothing",
@@ -195,7 +160,7 @@ TEST(SessionTest, ProfileThatSkipsNothingEqualsFull) {
 TEST(SessionTest, SkipProfileIsAppliedToEveryStage) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  const Pipeline pipeline = ShortPipeline();
+  const Pipeline pipeline = ShortPipeline(6, 5, 7);
   const int64_t layers = engine->config().num_hidden_layers;
   auto full =
       RunReasoning(*engine, pipeline, Builtin("full", layers), Question());
@@ -216,7 +181,7 @@ TEST(SessionTest, SkipProfileIsAppliedToEveryStage) {
 TEST(SessionTest, EarlyExitResetsAtEveryStage) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  const Pipeline pipeline = ShortPipeline();
+  const Pipeline pipeline = ShortPipeline(6, 5, 7);
   const int64_t layers = engine->config().num_hidden_layers;
   ReasoningRequest request = Question();
   // Threshold 1 is reached as soon as the window is full: every branch of
@@ -255,7 +220,7 @@ TEST(SessionTest, EarlyExitResetsAtEveryStage) {
 TEST(SessionTest, FanOutPrefixSharingChangesNothingButWork) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  const Pipeline pipeline = ShortPipeline();
+  const Pipeline pipeline = ShortPipeline(6, 5, 7);
   const int64_t layers = engine->config().num_hidden_layers;
   ReasoningRequest request = Question();
   auto shared =
@@ -283,7 +248,7 @@ TEST(SessionTest, FanOutPrefixSharingChangesNothingButWork) {
 TEST(SessionTest, JsonCarriesEveryStageRecord) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  const Pipeline pipeline = ShortPipeline();
+  const Pipeline pipeline = ShortPipeline(6, 5, 7);
   auto result = RunReasoning(
       *engine, pipeline, Builtin("even:1", engine->config().num_hidden_layers),
       Question());
@@ -307,7 +272,7 @@ TEST(SessionTest, JsonCarriesEveryStageRecord) {
 TEST(SessionTest, InvalidRequestsNameTheField) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  const Pipeline pipeline = ShortPipeline();
+  const Pipeline pipeline = ShortPipeline(6, 5, 7);
   const Profile full = Builtin("full", engine->config().num_hidden_layers);
   ReasoningRequest request = Question();
   request.question = "  ";
