@@ -11,21 +11,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "engine/util/fnv1a.h"
 
 namespace litestage {
 namespace {
-
-// FNV-1a, 64-bit: tiny, dependency-free and fixed forever, which is what a
-// value stored in profile files needs (not collision resistance against an
-// adversary: a profile is not a security boundary).
-uint64_t Fnv1a64(absl::string_view text) {
-  uint64_t hash = 0xcbf29ce484222325ull;
-  for (unsigned char c : text) {
-    hash ^= c;
-    hash *= 0x100000001b3ull;
-  }
-  return hash;
-}
 
 // %.17g round-trips every double, so equal configs print equally.
 std::string Number(double value) { return absl::StrFormat("%.17g", value); }

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "engine/util/check.h"
+#include "engine/util/fnv1a.h"
 #include "engine/util/json_util.h"
 #include "engine/util/mapped_file.h"
 #include "engine/util/status_macros.h"
@@ -24,15 +25,6 @@ namespace litestage {
 namespace {
 
 using nlohmann::json;
-
-uint64_t Fnv1a64(absl::string_view text) {
-  uint64_t hash = 0xcbf29ce484222325ull;
-  for (unsigned char c : text) {
-    hash ^= c;
-    hash *= 0x100000001b3ull;
-  }
-  return hash;
-}
 
 absl::Status ErrnoError(absl::string_view what, const std::string& path) {
   return absl::InternalError(
