@@ -24,6 +24,7 @@
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/run_command.h"
 #include "tests/common/scoped_temp_dir.h"
 
 namespace litestage {
@@ -51,30 +52,14 @@ std::map<std::string, double> ParseSamples(const std::string& text) {
   return samples;
 }
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr
-};
-
-CommandResult RunCommand(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
-    result.output.append(buffer, n);
-  }
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using ::litestage::testing::CommandResult;
+using ::litestage::testing::RunCommand;
 
 std::string WriteTempFile(const std::string& name, const std::string& text) {
   // Removed with the process's scratch directory at exit.
   const std::string path = litestage::testing::ProcessTempDir().path() +
-                           "/metrics_test_" +
-                           std::to_string(getpid()) + "_" + name;
+                           "/metrics_test_" + std::to_string(getpid()) + "_" +
+                           name;
   std::ofstream out(path, std::ios::binary);
   out << text;
   EXPECT_TRUE(out.good()) << "cannot write " << path;
