@@ -74,6 +74,9 @@ ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain: serve TLS (with --tls-key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls-cert");
 ABSL_FLAG(uint64_t, synthetic_seed, 0, "Seed of synthetic random weights");
+ABSL_FLAG(bool, shipped_profiles, true,
+          "Offer the shipped profiles (profiles/*.json, compiled in) made for "
+          "the loaded model");
 ABSL_FLAG(bool, no_mmap, false,
           "Copy the weights into memory at load instead of serving them from "
           "the mapped model files, so the files may be replaced in place "
@@ -132,6 +135,7 @@ int Run() {
   options.tls_key_path = absl::GetFlag(FLAGS_tls_key);
   options.pipeline_files = absl::GetFlag(FLAGS_pipelines);
   options.profile_files = absl::GetFlag(FLAGS_profiles);
+  options.shipped_profiles = absl::GetFlag(FLAGS_shipped_profiles);
   options.default_pipeline = absl::GetFlag(FLAGS_default_pipeline);
   options.default_profile = absl::GetFlag(FLAGS_default_profile);
   options.max_queue = absl::GetFlag(FLAGS_max_queue);

@@ -461,9 +461,10 @@ void StreamReactor<Event>::MarkCancelled() {
 // ---------------------------------------------------------------------------
 // State shared by handlers (read-only once ready) and the scheduler thread.
 struct LiteStageServer::Impl {
-  // Immutable after Start().
+  // Immutable once ready: set by Start(), and the shipped profiles by Load()
+  // before ready_ is released.
   std::map<std::string, Pipeline> pipelines;
-  // File profiles by name, with their paths (for load errors).
+  // File (and shipped) profiles by name, with their paths (for messages).
   std::map<std::string, std::shared_ptr<const Profile>> file_profiles;
   std::map<std::string, std::string> profile_paths;
   int64_t max_choices = 0;
@@ -1292,6 +1293,7 @@ absl::Status LiteStageServer::Load() {
                                                      ": ", valid.message()));
     }
   }
+  if (options_.shipped_profiles) AddShippedProfiles(stages_by_pipeline);
   if (IsBuiltinProfileSpec(options_.default_profile)) {
     absl::StatusOr<Profile> profile =
         BuiltinProfile(options_.default_profile, impl.num_layers);
@@ -1342,6 +1344,45 @@ absl::Status LiteStageServer::Load() {
   LS_LOG(INFO) << "model loaded: " << impl.engine->Describe() << " on "
                << impl.engine->backend().description();
   return absl::OkStatus();
+}
+
+void LiteStageServer::AddShippedProfiles(
+    const std::map<std::string, std::vector<std::string>>& stages_by_pipeline) {
+  Impl& impl = *impl_;
+  const std::vector<ShippedProfile>& shipped =
+      options_.shipped_profiles_override ? *options_.shipped_profiles_override
+                                         : ShippedProfiles();
+  for (const ShippedProfile& entry : shipped) {
+    absl::StatusOr<Profile> profile = ParseProfile(entry.json, entry.source);
+    if (!profile.ok()) {  // Every shipped file parses (profile_test).
+      LS_LOG(ERROR) << "skipping shipped profile: " << profile.status();
+      continue;
+    }
+    // Made for another model, or for a pipeline this server does not load.
+    if (!(profile->model == impl.engine->fingerprint())) continue;
+    auto stages = stages_by_pipeline.find(profile->pipeline);
+    if (stages == stages_by_pipeline.end()) continue;
+    if (impl.file_profiles.count(profile->name) > 0) {
+      LS_LOG(INFO) << "shipped profile '" << profile->name << "' ("
+                   << entry.source << ") is replaced by "
+                   << impl.profile_paths[profile->name];
+      continue;
+    }
+    absl::Status valid =
+        ValidateProfile(*profile, impl.engine->fingerprint(), impl.num_layers,
+                        profile->pipeline, stages->second);
+    if (!valid.ok()) {
+      LS_LOG(ERROR) << "skipping shipped profile " << entry.source << ": "
+                    << valid;
+      continue;
+    }
+    LS_LOG(INFO) << "shipped profile '" << profile->name << "' ("
+                 << entry.source << ") for pipeline " << profile->pipeline;
+    const std::string name = profile->name;
+    impl.profile_paths[name] = entry.source;
+    impl.file_profiles.emplace(
+        name, std::make_shared<const Profile>(*std::move(profile)));
+  }
 }
 
 namespace {

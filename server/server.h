@@ -29,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,6 +40,7 @@
 #include "engine/scheduler.h"
 #include "engine/stages/pipeline.h"
 #include "engine/stages/profile.h"
+#include "engine/stages/shipped_profiles.h"
 #include "prometheus/registry.h"
 
 namespace grpc {
@@ -65,6 +67,12 @@ struct ServerOptions {
   // Profile JSON files; each is validated against the model and its
   // pipeline once the model is loaded (a bad one fails the load).
   std::vector<std::string> profile_files;
+  // Offer the shipped profiles (profiles/*.json, compiled in) made for the
+  // loaded model: same fingerprint, a pipeline this server loads, a name no
+  // --profiles file takes.
+  bool shipped_profiles = true;
+  // Tests: replaces the compiled-in list.
+  std::optional<std::vector<ShippedProfile>> shipped_profiles_override;
   std::string default_pipeline = "tinythinker";
   // A built-in spec, or the name of a loaded file profile (the default for
   // its own pipeline; other pipelines then default to "full").
@@ -155,6 +163,10 @@ class LiteStageServer {
   // --- scheduler thread ---
   void SchedulerLoop();
   absl::Status Load();
+  // Adds the shipped profiles made for the loaded model to the file
+  // profiles (before the server is ready: handlers read them after).
+  void AddShippedProfiles(const std::map<std::string, std::vector<std::string>>&
+                              stages_by_pipeline);
 
   ServerOptions options_;
   std::unique_ptr<Impl> impl_;

@@ -24,9 +24,9 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "tests/common/scoped_temp_dir.h"
 #include "litestage/v1/litestage.grpc.pb.h"
 #include "server/metrics.h"
+#include "tests/common/scoped_temp_dir.h"
 
 namespace litestage {
 namespace {
@@ -715,6 +715,79 @@ TEST(ServerDrainTest, AcceptedRequestsFinishDuringDrain) {
   for (std::thread& thread : threads) thread.join();
   // Every request accepted before the drain succeeded.
   EXPECT_GE(ok.load(), accepted);
+}
+
+// A shipped profile (profiles/*.json, compiled in) is offered without any
+// flag exactly when it was made for the loaded model and its pipeline is
+// served; --shipped-profiles=false turns them off.
+std::string ShippedProfileJson(const std::string& name,
+                               const std::string& fingerprint) {
+  return absl::StrCat(R"({"schema": "litestage.profile/v1", "name": ")", name,
+                      R"(", "model": {"architecture": "LlamaForCausalLM",
+  "num_layers": 2, "hidden_size": 64, "fingerprint": ")",
+                      fingerprint, R"("}, "pipeline": "mini", "stages": {
+  "recall": {"skip": ["attention.1"]}, "analyze": {"skip": []},
+  "summary": {"skip": ["mlp.0"]}}})");
+}
+
+std::vector<std::string> ListedProfiles(LiteStageServer& server) {
+  auto stub = v1::LiteStage::NewStub(ChannelTo(server));
+  grpc::ClientContext context;
+  SetDeadline(&context, 10);
+  v1::ListProfilesResponse profiles;
+  EXPECT_TRUE(
+      stub->ListProfiles(&context, v1::ListProfilesRequest(), &profiles).ok());
+  std::vector<std::string> names;
+  for (const v1::ProfileInfo& info : profiles.profiles()) {
+    names.push_back(info.name());
+  }
+  return names;
+}
+
+TEST(ServerShippedProfilesTest, OfferedForTheirModelOnly) {
+  ServerOptions options = TinyOptions();
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(options.engine);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  ASSERT_EQ((*engine)->config().num_hidden_layers, 2);
+  ASSERT_EQ((*engine)->config().hidden_size, 64);
+  const std::string fingerprint = (*engine)->fingerprint().ToString();
+  const std::string other =
+      absl::StrCat("LlamaForCausalLM/2x64/config=", std::string(16, '0'),
+                   "/tensors=", std::string(16, '0'));
+  ASSERT_NE(fingerprint, other);
+  options.shipped_profiles_override = std::vector<ShippedProfile>{
+      {"profiles/tiny.json", ShippedProfileJson("tiny-shipped", fingerprint)},
+      {"profiles/other.json", ShippedProfileJson("other-model", other)}};
+  {
+    std::unique_ptr<LiteStageServer> server = StartReady(options);
+    ASSERT_NE(server, nullptr);
+    const std::vector<std::string> names = ListedProfiles(*server);
+    EXPECT_THAT(names, ::testing::Contains("tiny-shipped"));
+    EXPECT_THAT(names, ::testing::Not(::testing::Contains("other-model")));
+    // Requests use it by name; its skips are applied per stage.
+    auto stub = v1::LiteStage::NewStub(ChannelTo(*server));
+    grpc::ClientContext context;
+    SetDeadline(&context, 30);
+    v1::ReasonRequest request;
+    request.set_question("Is ice cold?");
+    request.set_profile("tiny-shipped");
+    v1::ReasonResponse response;
+    const grpc::Status status = stub->Reason(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_EQ(response.stages_size(), 3);
+    EXPECT_GT(response.stages(0).sublayers().attention_skipped(), 0);
+    EXPECT_EQ(response.stages(0).sublayers().mlp_skipped(), 0);
+    EXPECT_EQ(response.stages(2).sublayers().attention_skipped(), 0);
+    EXPECT_GT(response.stages(2).sublayers().mlp_skipped(), 0);
+    server->Shutdown(5);
+  }
+  options.shipped_profiles = false;
+  std::unique_ptr<LiteStageServer> server = StartReady(options);
+  ASSERT_NE(server, nullptr);
+  EXPECT_THAT(ListedProfiles(*server),
+              ::testing::Not(::testing::Contains("tiny-shipped")));
+  server->Shutdown(5);
 }
 
 TEST(ServerStartTest, BadOptionsFail) {
