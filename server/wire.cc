@@ -29,15 +29,11 @@ using google::protobuf::Message;
 using google::protobuf::Reflection;
 
 std::string Flatten(const grpc::ByteBuffer& bytes) {
-  std::vector<grpc::Slice> slices;
-  std::string out;
-  // Dump only fails on an empty (null) buffer, which is an empty message.
-  if (!const_cast<grpc::ByteBuffer&>(bytes).Dump(&slices).ok()) return out;
-  out.reserve(bytes.Length());
-  for (const grpc::Slice& slice : slices) {
-    out.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  return out;
+  grpc::Slice slice;
+  // Fails only on an empty (null) buffer, which is an empty message.
+  if (!bytes.DumpToSingleSlice(&slice).ok()) return std::string();
+  return std::string(reinterpret_cast<const char*>(slice.begin()),
+                     slice.size());
 }
 
 bool IsValidUtf8(const std::string& text) {
