@@ -21,7 +21,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <limits>
 #include <random>
 #include <set>
 #include <sstream>
@@ -76,8 +75,8 @@ ABSL_FLAG(std::string, report_dir, "",
 ABSL_FLAG(std::string, cache_dir, "",
           "Per-question measurement cache; empty: <report-dir>/cache");
 ABSL_FLAG(int64_t, seed, -1,
-          "Shuffle the questions after --offset with this seed before the "
-          "split; -1 keeps file order");
+          "Shuffle the questions after --offset with this seed (0..2^32-1) "
+          "before the split; -1 keeps file order");
 ABSL_FLAG(int64_t, offset, 0, "Questions of --dataset to skip first");
 ABSL_FLAG(std::string, early_exit_windows, "4,8",
           "Early-exit windows tried per stage; empty: no early exit");
@@ -104,9 +103,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Seeds are any non-negative int64 (or -1); the bound only rejects typos
-// like 1e300, which absl would otherwise not parse as an int64 anyway.
-constexpr int64_t kMaxSeedFlag = std::numeric_limits<int64_t>::max();
+// Seeds: -1 (no shuffle) or a 32-bit value, which is all a split needs;
+// larger values are typos.
+constexpr int64_t kMaxSeedFlag = (int64_t{1} << 32) - 1;
 
 absl::Status ValidateFlags() {
   return FirstError({
