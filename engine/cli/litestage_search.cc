@@ -207,13 +207,6 @@ std::vector<std::string> Ids(const std::vector<QuestionItem>& items) {
   return ids;
 }
 
-absl::Status WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  if (!out.flush()) return absl::InternalError("cannot write " + path);
-  return absl::OkStatus();
-}
-
 // The importance ranking on the calibration questions, cached in the cache
 // directory under a hash of everything it depends on, so a resumed or
 // repeated search does not pay for it again.
@@ -468,9 +461,10 @@ absl::Status Run() {
   info.dataset = dataset;
   LS_ASSIGN_OR_RETURN(Profile profile,
                       MakeSearchedProfile(name, space, result, info));
-  LS_RETURN_IF_ERROR(WriteFile(out, ProfileToJson(profile)));
+  LS_RETURN_IF_ERROR(WriteFileAtomically(out, ProfileToJson(profile)));
   const std::string csv = report_dir + "/search.csv";
-  LS_RETURN_IF_ERROR(WriteFile(csv, SearchTableCsv(space.stage_names, result)));
+  LS_RETURN_IF_ERROR(
+      WriteFileAtomically(csv, SearchTableCsv(space.stage_names, result)));
   Plot(csv, report_dir);
 
   // Summary: per stage the choice and its latency against full's.
@@ -552,7 +546,8 @@ absl::Status Run() {
       {"candidate_runs", engine_measurer.candidate_runs()},
       {"wall_seconds", wall},
       {"held_out_command", eval}};
-  return WriteFile(report_dir + "/summary.json", summary.dump(2) + "\n");
+  return WriteFileAtomically(report_dir + "/summary.json",
+                             summary.dump(2) + "\n");
 }
 
 }  // namespace
