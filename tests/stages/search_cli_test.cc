@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -182,6 +183,33 @@ TEST_F(SearchCliTest, ProfileCacheEvalAndServer) {
   EXPECT_EQ(again["candidate_runs"], 0);
   EXPECT_EQ(again["ranking_cached"], true);
   EXPECT_EQ(ReadFile(profile_), first_profile);
+
+  // An interrupted search: the entries of the last configuration measured
+  // (the newest files) never written. Exactly those are measured again (an
+  // earlier one lost would change the latencies later decisions see, and so
+  // which configurations follow).
+  std::vector<std::filesystem::path> entries;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(report_ + "/cache")) {
+    const std::string file = entry.path().filename().string();
+    if (entry.is_regular_file() && file.rfind("importance-", 0) != 0) {
+      entries.push_back(entry.path());
+    }
+  }
+  ASSERT_EQ(entries.size(), static_cast<size_t>(3 * measured));
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+    return std::filesystem::last_write_time(a) >
+           std::filesystem::last_write_time(b);
+  });
+  for (size_t i = 0; i < 3; ++i) std::filesystem::remove(entries[i]);
+  const CommandResult resumed = RunCommand(SearchCommand(), log);
+  ASSERT_EQ(resumed.exit_code, 0) << ReadFile(log);
+  const nlohmann::json third = ReadJson(report_ + "/summary.json");
+  EXPECT_EQ(third["cache"]["misses"], 3);
+  EXPECT_EQ(third["cache"]["hits"], 3 * measured - 3);
+  EXPECT_EQ(third["full_runs"], 0);
+  EXPECT_EQ(third["candidate_runs"], 3);
+  EXPECT_EQ(third["measurements"], measured);
 
   // litestage-eval evaluates the file on held-out questions.
   const CommandResult eval =
