@@ -163,8 +163,8 @@ absl::StatusOr<std::vector<StageProfile>> ResolveConfiguration(
   return stages;
 }
 
-Interval MeanInterval95(const std::vector<double>& values) {
-  Interval interval;
+MeanInterval MeanInterval95(const std::vector<double>& values) {
+  MeanInterval interval;
   if (values.empty()) return interval;
   interval.mean = Mean(values);
   double half_width = 0;
@@ -233,8 +233,8 @@ absl::Status ValidateMeasurement(const Measurement& measurement,
   return absl::OkStatus();
 }
 
-absl::StatusOr<Interval> PairedMetricDifference(const Measurement& a,
-                                                const Measurement& b) {
+absl::StatusOr<MeanInterval> PairedMetricDifference(const Measurement& a,
+                                                    const Measurement& b) {
   if (a.metric.size() != b.metric.size() || a.metric.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "paired comparison needs the same questions: ", a.metric.size(), " vs ",

@@ -75,15 +75,16 @@ struct SearchSpace {
 absl::StatusOr<std::vector<StageProfile>> ResolveConfiguration(
     const SearchSpace& space, const Configuration& configuration);
 
-// mean +- half_width (normal approximation).
-struct Interval {
+// mean +- half_width (normal approximation). Not evaluation.h's Interval
+// (Wilson, low/high only): a binary wires both libraries in one file.
+struct MeanInterval {
   double mean = 0;
   double low = 0;
   double high = 0;
 };
 // The 95% interval of the mean of `values` by the normal approximation with
 // the sample standard deviation (1.96 * s / sqrt(n)); zero width for n < 2.
-Interval MeanInterval95(const std::vector<double>& values);
+MeanInterval MeanInterval95(const std::vector<double>& values);
 
 // A configuration measured on the search questions. Per-question values are
 // kept (same question order in every measurement of one search) so callers
@@ -99,7 +100,7 @@ struct Measurement {
   double MeanMetric() const;
   double MeanLatency() const;
   double MeanStageLatency(size_t stage) const;
-  Interval MetricInterval95() const { return MeanInterval95(metric); }
+  MeanInterval MetricInterval95() const { return MeanInterval95(metric); }
 };
 
 // InvalidArgument unless `measurement` has at least one question, the same
@@ -111,8 +112,8 @@ absl::Status ValidateMeasurement(const Measurement& measurement,
 // Question-by-question difference a - b of the metric (the two measured on
 // the same questions): its mean and 95% interval. Far tighter than
 // comparing two independent intervals, since most questions agree.
-absl::StatusOr<Interval> PairedMetricDifference(const Measurement& a,
-                                                const Measurement& b);
+absl::StatusOr<MeanInterval> PairedMetricDifference(const Measurement& a,
+                                                    const Measurement& b);
 
 // How the search measures a configuration over its questions.
 class ConfigurationMeasurer {

@@ -85,7 +85,7 @@ std::string SearchTableCsv(const std::vector<std::string>& stage_names,
   std::string csv = absl::StrJoin(header, ",") + "\n";
   for (const SearchRow& row : result.table) {
     const StageSetting* setting = RowSetting(row);
-    const Interval ci = row.measurement.MetricInterval95();
+    const MeanInterval ci = row.measurement.MetricInterval95();
     std::vector<std::string> fields = {
         SearchPhaseName(row.phase),
         row.stage < 0 ? "" : CsvField(stage_names[row.stage]),
@@ -126,7 +126,7 @@ json SearchProvenanceJson(const std::vector<std::string>& stage_names,
   json table = json::array();
   for (const SearchRow& row : result.table) {
     const StageSetting* setting = RowSetting(row);
-    const Interval ci = row.measurement.MetricInterval95();
+    const MeanInterval ci = row.measurement.MetricInterval95();
     json stage_latency = json::array();
     for (size_t s = 0; s < stage_names.size(); ++s) {
       stage_latency.push_back(row.measurement.MeanStageLatency(s));

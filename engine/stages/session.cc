@@ -144,7 +144,10 @@ void ReasoningSession::FinishStage(
     branch.finish_reason = FinishReasonName(r.finish_reason);
     branch.early_exit_reason = r.early_exit_reason;
     branch.mean_confidence = MeanMaxProb(r.confidences);
-    for (const TokenConfidence& c : r.confidences) confidence_sum += c.max_prob;
+    for (const TokenConfidence& c : r.confidences) {
+      confidence_sum += c.max_prob;
+      branch.token_max_prob.push_back(c.max_prob);
+    }
     branch.text = std::move(r.text);
     branch.generated_token_ids = std::move(r.tokens);
     if (!prompt_token_ids.empty()) {

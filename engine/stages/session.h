@@ -51,6 +51,10 @@ struct BranchRecord {
   std::string finish_reason;      // FinishReasonName
   std::string early_exit_reason;  // When finish_reason is "early_exit".
   double mean_confidence = 0;     // Mean max_prob over generated tokens.
+  // max_prob per generated token ([generated_tokens]): litestage-search
+  // draws early-exit thresholds from their quantiles on full's runs. Not
+  // part of ReasoningResultToJson.
+  std::vector<float> token_max_prob;
   // The ids fed and produced, for teacher-forced evaluation
   // (engine/stages/evaluation.h). generated_token_ids: [generated_tokens],
   // EOS excluded, stop-string tokens included. prompt_token_ids:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every numeric flag of litestage-server, litestage-run, litestage-cli,
-# litestage-eval and the benchmarks engine_bench and stages_bench at and past its bounds (kernels_bench
+# litestage-eval, litestage-search and the benchmarks engine_bench and stages_bench at and past its bounds (kernels_bench
 # takes only Google Benchmark's own flags), on the real binaries: out-of-range, huge, negative,
 # inf, nan and non-numbers must exit non-zero (never by a signal, never hang)
 # with a message naming the flag; the boundary values themselves must get
@@ -29,6 +29,8 @@ prefix_for() {
     litestage-run) echo "--model=$work/absent --prompt=x" ;;
     litestage-cli) echo "health --target=127.0.0.1:1 --timeout=2" ;;
     litestage-eval) echo "--model=$work/absent --dataset=$work/absent" ;;
+    litestage-search)
+      echo "--model=$work/absent --dataset=$work/absent --out=$work/p.json" ;;
     engine_bench) echo "--models-dir=$work/absent --bandwidth-mb=0" ;;
     stages_bench) echo "--model=$work/absent" ;;
   esac
@@ -89,7 +91,8 @@ double_flag() {
   done
 }
 
-for b in litestage-server litestage-run litestage-cli litestage-eval engine_bench \
+for b in litestage-server litestage-run litestage-cli litestage-eval \
+         litestage-search engine_bench \
          stages_bench; do
   [ -x "$dir/$b" ] || { echo "FAIL: $dir/$b is missing"; exit 1; }
 done
@@ -137,6 +140,26 @@ int_flag litestage-eval offset 0 1048576
 int_flag litestage-eval calibration 0 1048576
 int_flag litestage-eval threads 0 1024
 int_flag litestage-eval max-new-tokens 0 1048576
+
+# litestage-search (--max-skip's model bound, 2 * layers, is checked after
+# loading; the list flags are checked per element)
+int_flag litestage-search calibration 1 1048576
+int_flag litestage-search search 1 1048576
+double_flag litestage-search epsilon 0 1 -0.001 1.001
+int_flag litestage-search max-skip 0 1048576
+int_flag litestage-search seed -1 4294967295
+int_flag litestage-search offset 0 1048576
+int_flag litestage-search threads 0 1024
+int_flag litestage-search max-new-tokens 0 1048576
+expect_accepted litestage-search early-exit-windows 1,4096
+for value in 0 4097 -1 4,abc 1e300 nan; do
+  expect_rejected litestage-search early-exit-windows "$value"
+done
+expect_accepted litestage-search early-exit-quantiles 0,1
+for value in -0.001 1.001 nan inf 0.1,abc; do
+  expect_rejected litestage-search early-exit-quantiles "$value"
+done
+expect_rejected litestage-search metric speed
 
 # Benchmarks. bandwidth-mb's upper bound is not run: it allocates that much.
 int_flag engine_bench prefill-tokens 1 1048576

@@ -344,7 +344,7 @@ TEST(BudgetSearchTest, MeasurerErrorsAndBadMeasurements) {
 }
 
 TEST(SearchStatsTest, IntervalsAndPairedDifference) {
-  const Interval interval = MeanInterval95({0, 1, 0, 1});
+  const MeanInterval interval = MeanInterval95({0, 1, 0, 1});
   EXPECT_DOUBLE_EQ(interval.mean, 0.5);
   // s = sqrt(1/3), se = s / 2, half width 1.96 * se.
   EXPECT_NEAR(interval.high - interval.mean, 1.96 * std::sqrt(1.0 / 3) / 2,
@@ -353,7 +353,7 @@ TEST(SearchStatsTest, IntervalsAndPairedDifference) {
 
   Measurement a{{1, 1, 0, 1}, {1, 1, 1, 1}, {{1, 1, 1, 1}}};
   Measurement b{{1, 0, 0, 1}, {1, 1, 1, 1}, {{1, 1, 1, 1}}};
-  absl::StatusOr<Interval> difference = PairedMetricDifference(a, b);
+  absl::StatusOr<MeanInterval> difference = PairedMetricDifference(a, b);
   ASSERT_TRUE(difference.ok());
   EXPECT_DOUBLE_EQ(difference->mean, 0.25);
   EXPECT_LT(difference->low, 0.25);
