@@ -1,11 +1,14 @@
 // Runs a shell command from a test and collects its exit code and output,
-// for tests that drive the real binaries (litestage-eval, promtool).
+// and reads the files it wrote, for tests that drive the real binaries
+// (litestage-eval, litestage-search, promtool).
 #ifndef LITESTAGE_TESTS_COMMON_RUN_COMMAND_H_
 #define LITESTAGE_TESTS_COMMON_RUN_COMMAND_H_
 
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 namespace litestage::testing {
@@ -32,6 +35,14 @@ inline CommandResult RunCommand(const std::string& command,
   const int status = pclose(pipe);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return result;
+}
+
+// The whole of a (small) file a command wrote; "" when it cannot be read.
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
 }  // namespace litestage::testing

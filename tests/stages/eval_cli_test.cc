@@ -27,14 +27,8 @@ namespace {
 using ::testing::HasSubstr;
 
 using ::litestage::testing::CommandResult;
+using ::litestage::testing::ReadFile;
 using ::litestage::testing::RunCommand;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 class EvalCliTest : public ::testing::Test {
  protected:

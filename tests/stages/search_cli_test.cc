@@ -28,40 +28,16 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/run_command.h"
 #include "tests/common/scoped_temp_dir.h"
 
 namespace litestage {
 namespace {
 
+using ::litestage::testing::CommandResult;
+using ::litestage::testing::ReadFile;
+using ::litestage::testing::RunCommand;
 using ::testing::HasSubstr;
-
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout only.
-};
-
-// Runs `command`; stderr goes to `stderr_path`.
-CommandResult RunCommand(const std::string& command,
-                         const std::string& stderr_path) {
-  CommandResult result;
-  FILE* pipe = popen((command + " 2>'" + stderr_path + "'").c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
-    result.output.append(buffer, n);
-  }
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 nlohmann::json ReadJson(const std::string& path) {
   return nlohmann::json::parse(ReadFile(path), nullptr, false);
