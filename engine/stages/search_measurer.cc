@@ -9,17 +9,13 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "engine/stages/session.h"
+#include "engine/util/fnv1a.h"
 #include "engine/util/status_macros.h"
 
 namespace litestage {
 
 std::string StableHash(absl::string_view text) {
-  uint64_t hash = 14695981039346656037ull;
-  for (unsigned char c : text) {
-    hash ^= c;
-    hash *= 1099511628211ull;
-  }
-  return absl::StrFormat("%016x", hash);
+  return absl::StrFormat("%016x", Fnv1a64(text));
 }
 
 std::string QuestionCacheKey(const QuestionItem& item) {
