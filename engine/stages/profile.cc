@@ -1,3 +1,7 @@
+// Skip profiles: parsing and validation of litestage.profile/v1 documents,
+// the built-ins (full, even:K, last:K) and JSON output. ~860 lines because
+// the parser checks every field with a message naming its JSON path; the
+// validation against a model is the shorter half.
 #include "engine/stages/profile.h"
 
 #include <algorithm>

@@ -1,3 +1,8 @@
+// BPE from tokenizer.json: the normalizers, pre-tokenizers, decoders and
+// merges that the supported families use, and the Encode/Decode paths. ~970
+// lines: each supported tokenizer.json component is parsed and validated
+// here next to the code that applies it; pre-tokenizer splitting itself is
+// in pretokenize.cc.
 #include "engine/tokenizer/bpe_tokenizer.h"
 
 #include <algorithm>

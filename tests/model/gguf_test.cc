@@ -2,6 +2,8 @@
 // dequantization against gguf-py goldens, and loading GGUF models (config
 // from metadata, Q/K row order, tied embeddings), including the real
 // SmolLM2-135M-Instruct Q4_1 file when LITESTAGE_DEFAULT_GGUF names it.
+// (~890 lines: one file per format, as for safetensors; mostly table-driven
+// malformed-file cases.)
 #include "engine/model/gguf.h"
 
 #include <algorithm>

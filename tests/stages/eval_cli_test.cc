@@ -20,6 +20,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/common/run_command.h"
 #include "tests/common/scoped_temp_dir.h"
+#include "tests/stages/tiny_pipeline.h"
 
 namespace litestage {
 namespace {
@@ -44,12 +45,10 @@ class EvalCliTest : public ::testing::Test {
     ASSERT_TRUE(std::filesystem::exists(model_ + "/config.json")) << model_;
     ASSERT_TRUE(std::filesystem::exists(dataset_)) << dataset_;
     ASSERT_TRUE(std::filesystem::exists(binary_)) << binary_;
-    auto pipeline = BuiltinPipeline("tinythinker");
-    ASSERT_TRUE(pipeline.ok()) << pipeline.status();
-    pipeline->few_shot.clear();
-    pipeline->name = "tinythinker-zero-shot";
+    const Pipeline pipeline = ZeroShotTinyThinker();
+    ASSERT_FALSE(pipeline.stages.empty());
     pipeline_ = dir_.path() + "/pipeline.json";
-    std::ofstream(pipeline_) << PipelineToJson(*pipeline);
+    std::ofstream(pipeline_) << PipelineToJson(pipeline);
   }
 
   std::string Command(const std::string& extra) const {

@@ -30,6 +30,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/common/run_command.h"
 #include "tests/common/scoped_temp_dir.h"
+#include "tests/stages/tiny_pipeline.h"
 
 namespace litestage {
 namespace {
@@ -59,15 +60,13 @@ class SearchCliTest : public ::testing::Test {
                                "litestage-server", "litestage-cli"}) {
       ASSERT_TRUE(std::filesystem::exists(bin_ + "/" + binary)) << binary;
     }
-    auto pipeline = BuiltinPipeline("tinythinker");
-    ASSERT_TRUE(pipeline.ok()) << pipeline.status();
-    pipeline->few_shot.clear();
-    pipeline->name = "tinythinker-zero-shot";
-    for (const PipelineStage& stage : pipeline->stages) {
+    const Pipeline pipeline = ZeroShotTinyThinker();
+    ASSERT_FALSE(pipeline.stages.empty());
+    for (const PipelineStage& stage : pipeline.stages) {
       stage_names_.push_back(stage.name);
     }
     pipeline_ = dir_.path() + "/pipeline.json";
-    std::ofstream(pipeline_) << PipelineToJson(*pipeline);
+    std::ofstream(pipeline_) << PipelineToJson(pipeline);
   }
 
   std::string SearchCommand() const {

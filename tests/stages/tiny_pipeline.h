@@ -1,7 +1,9 @@
-// The synthetic `tiny` engine and a short three-stage pipeline with a fan-out
-// and no stop strings or few-shot, shared by the session and evaluation
-// tests: stage lengths are set by max_new_tokens (or EOS) alone, so a test's
-// independent computation needs nothing but the prompts and greedy decoding.
+// Pipelines and engines shared by the stages tests: the synthetic `tiny`
+// engine and a short three-stage pipeline with a fan-out and no stop strings
+// or few-shot (session and evaluation tests), and tinythinker without its
+// few-shot (the CLI tests on stories260K). For the short pipeline, stage
+// lengths are set by max_new_tokens (or EOS) alone, so a test's independent
+// computation needs nothing but the prompts and greedy decoding.
 #ifndef LITESTAGE_TESTS_STAGES_TINY_PIPELINE_H_
 #define LITESTAGE_TESTS_STAGES_TINY_PIPELINE_H_
 
@@ -53,6 +55,17 @@ inline Pipeline ShortPipeline(int64_t recall_tokens, int64_t analysis_tokens,
   auto pipeline = ParsePipeline(json, "test:short");
   EXPECT_TRUE(pipeline.ok()) << pipeline.status();
   return pipeline.ok() ? *pipeline : Pipeline{};
+}
+
+// The built-in tinythinker without its few-shot example: stories260K's
+// 512-token context cannot hold it. Named "tinythinker-zero-shot".
+inline Pipeline ZeroShotTinyThinker() {
+  absl::StatusOr<Pipeline> pipeline = BuiltinPipeline("tinythinker");
+  EXPECT_TRUE(pipeline.ok()) << pipeline.status();
+  if (!pipeline.ok()) return Pipeline{};
+  pipeline->few_shot.clear();
+  pipeline->name = "tinythinker-zero-shot";
+  return *std::move(pipeline);
 }
 
 }  // namespace litestage
