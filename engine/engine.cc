@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/model/fingerprint.h"
+#include "engine/scheduler.h"
 #include "engine/util/check.h"
 #include "engine/util/status_macros.h"
 
@@ -163,6 +164,160 @@ absl::StatusOr<std::vector<float>> Engine::PromptLogits(
   LS_RETURN_IF_ERROR(
       ForwardPrompt(tokens, skip, LogitsMode::kAll, nullptr, &logits));
   return logits;
+}
+
+absl::Status Engine::ScoreContinuations(
+    absl::Span<const ScoringRequest> requests, const ScoredLogits& on_logits) {
+  const int64_t vocab = config().vocab_size;
+  const int64_t context = config().max_position_embeddings;
+  // What each sequence feeds: every token but the last, whose logits would
+  // predict past the request.
+  std::vector<absl::Span<const int32_t>> fed;
+  std::vector<int64_t> limits;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const ScoringRequest& r = requests[i];
+    const int64_t n = static_cast<int64_t>(r.tokens.size());
+    if (n == 0 || r.first_scored < 1 || r.first_scored > n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("scoring request ", i, ": first_scored ", r.first_scored,
+                       " outside [1, ", n, "]"));
+    }
+    if (context > 0 && n - 1 > context) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("scoring request ", i, ": ", n - 1,
+                       " tokens to feed, the model's context is ", context));
+    }
+    for (int32_t token : r.tokens) {
+      if (token < 0 || token >= vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("scoring request ", i, ": token id ", token,
+                         " outside [0, ", vocab, ")"));
+      }
+    }
+    fed.push_back(absl::MakeConstSpan(r.tokens).first(n - 1));
+    // Positions from first_scored - 1 on need logits, so this sequence
+    // computes them itself.
+    limits.push_back(r.first_scored - 1);
+  }
+  const int num_layers = config().num_hidden_layers;
+  KvBlockManager& blocks = backend_->kv_blocks();
+  const std::vector<PrefixShare> plan = PlanPrefixSharing(
+      fed, limits, blocks.block_size(), [&](size_t i, size_t j) {
+        return requests[i].skip.SkipsSameAs(requests[j].skip, num_layers);
+      });
+  // Requests run in waves: a wave holds every request whose prefix leader
+  // has finished, so a step carries many sequences (on the CPU a step with
+  // few rows costs a whole read of the weights). A sequence is released
+  // once no later request forks from it.
+  std::vector<size_t> last_use(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    last_use[i] = i;
+    if (plan[i].leader >= 0) {
+      last_use[plan[i].leader] = std::max(last_use[plan[i].leader], i);
+    }
+  }
+  std::vector<SequenceId> sequences(requests.size(), -1);
+  std::vector<bool> done(requests.size(), false);
+  std::vector<std::vector<float>> rows(requests.size());
+  absl::Status status;
+  size_t finished = 0;
+  while (finished < requests.size() && status.ok()) {
+    // Positions still to feed per wave member: [next, fed) with logits from
+    // first_scored - 1 on.
+    struct Member {
+      size_t request;
+      int64_t next;
+    };
+    std::vector<Member> wave;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      if (done[i] || (plan[i].leader >= 0 && !done[plan[i].leader])) continue;
+      if (plan[i].leader >= 0) {
+        sequences[i] = blocks.Fork(sequences[plan[i].leader], plan[i].tokens);
+      } else {
+        sequences[i] = blocks.AddSequence();
+      }
+      wave.push_back(Member{i, plan[i].leader >= 0 ? plan[i].tokens : 0});
+    }
+    LS_CHECK(!wave.empty()) << "prefix plan has a cycle";
+    bool pending = true;
+    while (pending && status.ok()) {
+      // One step: at most one chunk per sequence (a chunk attends to the
+      // KV its earlier chunks wrote), up to kMaxStepTokens tokens and
+      // kMaxStepLogitRows rows of logits; a chunk never straddles the start
+      // of the scored positions, so its logits mode is all or nothing.
+      constexpr int64_t kMaxStepTokens = 4 * kMaxPrefillChunk;
+      constexpr int64_t kMaxStepLogitRows = kMaxPrefillChunk;
+      ForwardBatch batch;
+      std::vector<size_t> members;
+      int64_t step_tokens = 0, step_rows = 0;
+      pending = false;
+      for (size_t m = 0; m < wave.size(); ++m) {
+        Member& member = wave[m];
+        const int64_t n = static_cast<int64_t>(fed[member.request].size());
+        if (member.next >= n) continue;
+        pending = true;
+        const int64_t scored_begin = requests[member.request].first_scored - 1;
+        const bool scored = member.next >= scored_begin;
+        int64_t count = std::min(scored ? n : scored_begin,
+                                 member.next + kMaxPrefillChunk) -
+                        member.next;
+        if (!batch.chunks.empty()) {
+          if (step_tokens + count > kMaxStepTokens) continue;
+          if (scored && step_rows + count > kMaxStepLogitRows) continue;
+        }
+        batch.chunks.push_back(
+            SequenceChunk{sequences[member.request],
+                          fed[member.request].subspan(member.next, count),
+                          member.next, &requests[member.request].skip,
+                          scored ? LogitsMode::kAll : LogitsMode::kNone});
+        members.push_back(m);
+        step_tokens += count;
+        if (scored) step_rows += count;
+      }
+      if (batch.chunks.empty()) break;
+      ForwardResult result;
+      status = backend_->Forward(batch, &result);
+      if (!status.ok()) break;
+      for (size_t c = 0; c < batch.chunks.size(); ++c) {
+        Member& member = wave[members[c]];
+        const SequenceChunk& chunk = batch.chunks[c];
+        if (chunk.logits == LogitsMode::kAll) {
+          const auto first =
+              result.logits.begin() + result.first_logit_row[c] * vocab;
+          rows[member.request].insert(
+              rows[member.request].end(), first,
+              first + static_cast<int64_t>(chunk.tokens.size()) * vocab);
+        }
+        member.next += static_cast<int64_t>(chunk.tokens.size());
+      }
+    }
+    if (!status.ok()) break;
+    for (const Member& member : wave) {
+      const size_t i = member.request;
+      const int64_t expected = static_cast<int64_t>(requests[i].tokens.size()) -
+                               requests[i].first_scored;
+      LS_CHECK_EQ(rows[i].size(), static_cast<size_t>(expected * vocab));
+      on_logits(i, rows[i]);
+      std::vector<float>().swap(rows[i]);
+      done[i] = true;
+      ++finished;
+    }
+    for (size_t j = 0; j < requests.size(); ++j) {
+      if (sequences[j] < 0 || !done[j]) continue;
+      bool needed = false;
+      for (size_t i = j + 1; i <= last_use[j] && !needed; ++i) {
+        needed = plan[i].leader == static_cast<int64_t>(j) && !done[i];
+      }
+      if (!needed) {
+        blocks.Release(sequences[j]);
+        sequences[j] = -1;
+      }
+    }
+  }
+  for (SequenceId& sequence : sequences) {
+    if (sequence >= 0) blocks.Release(sequence);
+  }
+  return status;
 }
 
 absl::Status Engine::ObservePrompt(absl::Span<const int32_t> tokens,

@@ -128,6 +128,29 @@ class Engine {
                              SublayerObserver* observer,
                              const SkipSet& skip = {});
 
+  // Teacher forcing for many sequences at once (litestage-eval's fidelity
+  // pass): each request's `tokens` run through the model with its skip set,
+  // and `on_logits(i, rows)` receives the logits of positions
+  // [first_scored - 1, tokens.size() - 1) of request i: rows
+  // [tokens.size() - first_scored, vocab_size] f32, row r predicting
+  // tokens[first_scored + r]. Requests share the KV of prompt prefixes
+  // (PlanPrefixSharing over equal skip sets), so many prompts behind one
+  // few-shot prefix prefill it once; logits are computed only for the
+  // scored positions. Equal to PromptLogits row for row (the same kernels
+  // over the same positions). InvalidArgument for an empty sequence,
+  // first_scored outside [1, tokens.size()], ids outside the vocabulary or
+  // more tokens than the context; ResourceExhausted when the KV cache
+  // cannot hold them.
+  struct ScoringRequest {
+    std::vector<int32_t> tokens;
+    int64_t first_scored = 1;
+    SkipSet skip;
+  };
+  using ScoredLogits =
+      std::function<void(size_t index, absl::Span<const float> rows)>;
+  absl::Status ScoreContinuations(absl::Span<const ScoringRequest> requests,
+                                  const ScoredLogits& on_logits);
+
   // Generates for every request together: each forward step carries the
   // decode tokens of sequences past their prompt and prefill chunks (at most
   // kMaxPrefillChunk tokens per step) of those still reading theirs.

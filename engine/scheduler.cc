@@ -155,6 +155,32 @@ absl::StatusOr<SequenceHandle> Scheduler::Add(GenerationRequest request,
   return Enqueue(std::move(request), std::move(callbacks), blocks);
 }
 
+std::vector<PrefixShare> PlanPrefixSharing(
+    absl::Span<const absl::Span<const int32_t>> prompts,
+    absl::Span<const int64_t> limit, int64_t block_size,
+    const std::function<bool(size_t i, size_t j)>& can_share) {
+  LS_CHECK_EQ(prompts.size(), limit.size());
+  LS_CHECK_GE(block_size, 1);
+  std::vector<PrefixShare> plan(prompts.size());
+  for (size_t i = 1; i < prompts.size(); ++i) {
+    const absl::Span<const int32_t> prompt = prompts[i];
+    const int64_t cap =
+        std::min<int64_t>(limit[i], static_cast<int64_t>(prompt.size()) - 1);
+    if (cap < block_size) continue;
+    for (size_t j = 0; j < i; ++j) {
+      if (!can_share(i, j)) continue;
+      const absl::Span<const int32_t> other = prompts[j];
+      const int64_t bound =
+          std::min<int64_t>(cap, static_cast<int64_t>(other.size()));
+      int64_t match = 0;
+      while (match < bound && prompt[match] == other[match]) ++match;
+      const int64_t shared = match / block_size * block_size;
+      if (shared > plan[i].tokens) plan[i] = PrefixShare{int64_t(j), shared};
+    }
+  }
+  return plan;
+}
+
 absl::StatusOr<std::vector<SequenceHandle>> Scheduler::AddGroup(
     std::vector<GenerationRequest> requests,
     std::vector<SequenceCallbacks> callbacks) {
@@ -169,36 +195,28 @@ absl::StatusOr<std::vector<SequenceHandle>> Scheduler::AddGroup(
     }
     blocks[i] = *needed;
   }
-  // The common prefix, leaving every follower at least one token of its own
-  // to prefill (its first logits come from it), rounded down to whole blocks.
-  int64_t common = 0;
-  bool same_skips = true;
-  if (!requests.empty()) {
-    const std::vector<int32_t>& first = requests[0].prompt_tokens;
-    common = static_cast<int64_t>(first.size());
-    for (const GenerationRequest& r : requests) {
-      same_skips =
-          same_skips && r.skip.SkipsSameAs(requests[0].skip,
-                                           engine_->config().num_hidden_layers);
-      const int64_t limit = std::min<int64_t>(
-          common, static_cast<int64_t>(r.prompt_tokens.size()) - 1);
-      int64_t match = 0;
-      while (match < limit && r.prompt_tokens[match] == first[match]) ++match;
-      common = std::min(common, match);
-    }
+  std::vector<absl::Span<const int32_t>> prompts;
+  std::vector<int64_t> limits;
+  for (const GenerationRequest& r : requests) {
+    prompts.push_back(r.prompt_tokens);
+    limits.push_back(static_cast<int64_t>(r.prompt_tokens.size()) - 1);
   }
-  const int64_t block_size = engine_->backend().kv_blocks().block_size();
-  const int64_t shared = common / block_size * block_size;
+  const int num_layers = engine_->config().num_hidden_layers;
+  const std::vector<PrefixShare> plan = PlanPrefixSharing(
+      prompts, limits, engine_->backend().kv_blocks().block_size(),
+      [&](size_t i, size_t j) {
+        return requests[i].skip.SkipsSameAs(requests[j].skip, num_layers);
+      });
 
   std::vector<SequenceHandle> handles;
   handles.reserve(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
     handles.push_back(
         Enqueue(std::move(requests[i]), std::move(callbacks[i]), blocks[i]));
-    if (i > 0 && same_skips && shared > 0) {
+    if (plan[i].leader >= 0) {
       Sequence& follower = *sequences_.at(handles.back());
-      follower.prefix_leader = handles[0];
-      follower.shared_tokens = shared;
+      follower.prefix_leader = handles[plan[i].leader];
+      follower.shared_tokens = plan[i].tokens;
     }
   }
   return handles;

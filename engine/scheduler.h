@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "engine/engine.h"
 
 namespace litestage {
@@ -57,6 +58,23 @@ struct SchedulerOptions {
 
 using SequenceHandle = uint64_t;
 
+// Prefix caching within a group of prompts: which earlier prompt each one
+// starts from, and how many of its leading tokens it takes from there.
+struct PrefixShare {
+  int64_t leader = -1;  // Index of an earlier prompt; -1: prefill in full.
+  int64_t tokens = 0;   // Shared prefix, a multiple of block_size.
+};
+// For each prompt, the earlier one (`can_share(i, j)` true, j < i) with the
+// longest common prefix, rounded down to whole blocks and capped at
+// `limit[i]` tokens (at most prompt length - 1: every sequence computes at
+// least its last prompt token, whose logits it samples from). Ties: the
+// earliest. Prompts in a tree (few-shot -> question -> branch) thus share at
+// every level, not only the prefix common to all. [prompts.size()]
+std::vector<PrefixShare> PlanPrefixSharing(
+    absl::Span<const absl::Span<const int32_t>> prompts,
+    absl::Span<const int64_t> limit, int64_t block_size,
+    const std::function<bool(size_t i, size_t j)>& can_share);
+
 // Told about a sequence as it progresses; called on the stepping thread.
 struct SequenceCallbacks {
   // Each new piece of generated text (stop strings held back until safe).
@@ -75,12 +93,13 @@ class Scheduler {
   // never fit the KV cache) and queues it.
   absl::StatusOr<SequenceHandle> Add(GenerationRequest request,
                                      SequenceCallbacks callbacks);
-  // Adds requests whose prompts share a prefix (a fan-out stage's branches)
-  // with prefix caching: when their skip sets are equal, the first one
-  // prefills the common prefix and the others start from its KV blocks
-  // (whole blocks of it, shared read-only) instead of recomputing it. If the
-  // first one is gone before they start, they prefill in full. Validates all
-  // requests before adding any. Handles are in request order.
+  // Adds requests whose prompts share prefixes (a fan-out stage's branches,
+  // or many questions behind one few-shot prompt) with prefix caching: each
+  // starts from the KV blocks (whole blocks, shared read-only) of the
+  // earlier request with an equal skip set that shares the longest prefix
+  // with it (PlanPrefixSharing) instead of recomputing them. If that request
+  // is gone before it starts, it prefills in full. Validates all requests
+  // before adding any. Handles are in request order.
   absl::StatusOr<std::vector<SequenceHandle>> AddGroup(
       std::vector<GenerationRequest> requests,
       std::vector<SequenceCallbacks> callbacks);

@@ -59,15 +59,49 @@ echo
 
 question="The moon is known for having what feature?"
 choices="frozen streams of water|large bowl shaped cavities|caves formed by solar winds|groups of large trees"
-echo "== litestage-cli reason (tinythinker: recall -> analysis per option -> summary; profile full) =="
+# The profile litestage-search found for the default model (profiles/,
+# compiled in; the server offers it because its fingerprint matches). The
+# synthetic fallback matches no shipped profile: it shows even:6 instead.
+searched="smollm2-135m-tinythinker-obqa"
+searched_file="$root/profiles/$searched.json"
+if [ "$model" = "synthetic:smollm2-135m" ] || [ ! -f "$searched_file" ]; then
+  searched="even:6"
+  searched_file=""
+fi
+echo "== litestage-cli profiles (what the server offers for the loaded model) =="
+"$bin/litestage-cli" profiles --target "$target" | sed 's/^/   /'
+echo
+echo "== litestage-cli reason (tinythinker: recall -> analysis per option -> summary) =="
 echo "   question: $question"
 echo "   choices:  $choices"
-"$bin/litestage-cli" reason --target "$target" --question "$question" --choices "$choices" \
-  --profile full --max-new-tokens 48
-echo
-echo "== the same with LiteStage skipping: profile even:6 (6 of 30 layers skipped in every stage), early exit n=4 at 0.3 =="
-"$bin/litestage-cli" reason --target "$target" --question "$question" --choices "$choices" \
-  --profile even:6 --early-exit-window 4 --early-exit-threshold 0.3 --max-new-tokens 48
+for profile in full "$searched"; do
+  "$bin/litestage-cli" reason --target "$target" --question "$question" \
+    --choices "$choices" --profile "$profile" --json > "$work/$profile.json"
+done
+python3 - "$work/full.json" "$work/$searched.json" "$searched_file" <<'PY'
+import json, sys
+full, searched = (json.load(open(path)) for path in sys.argv[1:3])
+for run in (full, searched):
+    print(f"-- profile {run['profile']}: answer {run['answer'] or '(none)'}"
+          f" {run['answer_text']!r}, {run['timings']['total_seconds']:.2f} s")
+    for stage in run["stages"]:
+        skipped = int(stage["skipped_attention_layers"]) + int(stage["skipped_mlp_layers"])
+        exit_note = " (early exit)" if stage["early_exit_fired"] else ""
+        print(f"   {stage['name']:<9} {stage['seconds']:5.2f} s  {int(stage['generated_tokens']):3d} tokens"
+              f"  {skipped:2d} sub-layers skipped{exit_note}: {stage['output'][:100]!r}")
+kept = full["answer_index"] == searched["answer_index"]
+speedup = full["timings"]["total_seconds"] / max(searched["timings"]["total_seconds"], 1e-9)
+print(f"== {searched['profile']} vs full on this question: answer kept: {'yes' if kept else 'NO'},"
+      f" {speedup:.2f}x the speed of full (one request; timings on a shared machine are noisy) ==")
+if len(sys.argv) > 3 and sys.argv[3]:
+    search = json.load(open(sys.argv[3]))["provenance"]["search"]
+    chosen = ", ".join(f"{name} k={c['k']}" + (f" exit {c['early_exit']['window']}@{c['early_exit']['threshold']:.3f}"
+                                              if c.get("early_exit") else "")
+                       for name, c in search["chosen"].items())
+    print(f"   how it was found: litestage-search on {len(search['search_questions'])} {search['dataset'].rsplit('/', 2)[-2]}"
+          f" train questions, metric {search['metric']} >= {search['target']:.3f}: {chosen}")
+    print("   held-out trade-off against full and every baseline: bench/results/*-eval-obqa-*.md")
+PY
 echo
 
 echo "== /metrics: per-stage latency and skip rate =="

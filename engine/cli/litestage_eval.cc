@@ -74,6 +74,17 @@ ABSL_FLAG(bool, fidelity, true,
           "Run the teacher-forced fidelity passes (one extra prefill of every "
           "stage per question and profile); false reports no fidelity");
 ABSL_FLAG(bool, progress, true, "Progress with ETA on stderr");
+ABSL_FLAG(int64_t, batch, 0,
+          "0: every question runs alone and its latency is measured. N > 0: "
+          "the first --latency-questions run alone (measured), the rest N "
+          "questions at a time (same outputs, shared few-shot prefix) with "
+          "latency predicted from the measured per-token costs");
+ABSL_FLAG(int64_t, latency_questions, 16,
+          "With --batch: questions per profile whose latency is measured "
+          "alone (the latency model is fitted and checked on them)");
+ABSL_FLAG(int64_t, kv_cache_tokens, 0,
+          "KV cache capacity in tokens; 0 keeps the engine's default (raise "
+          "it with --batch so a whole batch is admitted at once)");
 
 namespace litestage {
 namespace {
@@ -90,6 +101,11 @@ absl::Status ValidateFlags() {
                      kMaxThreadsFlag),
       CheckFlagRange("max-new-tokens", absl::GetFlag(FLAGS_max_new_tokens), 0,
                      kMaxNewTokensFlag),
+      CheckFlagRange("batch", absl::GetFlag(FLAGS_batch), 0, kMaxEvalBatchFlag),
+      CheckFlagRange("latency-questions",
+                     absl::GetFlag(FLAGS_latency_questions), 1, kMaxCountFlag),
+      CheckFlagRange("kv-cache-tokens", absl::GetFlag(FLAGS_kv_cache_tokens), 0,
+                     kMaxKvCacheTokensFlag),
   });
 }
 
@@ -200,6 +216,22 @@ void PrintTable(const Evaluation& evaluation) {
           stage.mean_generated_tokens, Percent(stage.early_exit_rate));
     }
   }
+  bool predicted = false;
+  for (const ProfileSummary& s : evaluation.summaries) {
+    predicted = predicted || s.latency_measured < s.n;
+  }
+  if (!predicted) return;
+  std::cout << "\nLatency measured with each request alone on the first "
+               "questions, predicted for the rest from per-token costs "
+               "fitted on them (2-fold check: per-question |error|, error "
+               "of the mean):\n";
+  for (const ProfileSummary& s : evaluation.summaries) {
+    std::cout << absl::StrFormat(
+        "%-24s measured %4d of %4d  |error| %5.1f%%  mean error %+5.1f%%\n",
+        s.profile, s.latency_measured, s.n,
+        100 * s.latency_check.mean_abs_relative_error,
+        100 * s.latency_check.mean_relative_error);
+  }
 }
 
 // RFC 4180 quoting: profile names hold commas (full@ee=4,0.3).
@@ -223,13 +255,23 @@ absl::Status WriteCsv(const Evaluation& evaluation, const std::string& path) {
   std::ofstream summary(path);
   if (!summary)
     return absl::InvalidArgumentError("--csv: cannot write " + path);
-  std::vector<std::string> header = {"profile",        "n",
-                                     "labelled",       "correct",
-                                     "accuracy",       "accuracy_low",
-                                     "accuracy_high",  "answered_rate",
-                                     "agreement",      "agreement_low",
-                                     "agreement_high", "mean_seconds",
-                                     "p90_seconds",    "speedup"};
+  std::vector<std::string> header = {"profile",
+                                     "n",
+                                     "labelled",
+                                     "correct",
+                                     "accuracy",
+                                     "accuracy_low",
+                                     "accuracy_high",
+                                     "answered_rate",
+                                     "agreement",
+                                     "agreement_low",
+                                     "agreement_high",
+                                     "mean_seconds",
+                                     "p90_seconds",
+                                     "speedup",
+                                     "latency_measured",
+                                     "latency_abs_relative_error",
+                                     "latency_mean_relative_error"};
   const std::vector<ProfileSummary>& summaries = evaluation.summaries;
   for (const StageSummary& stage : summaries[0].stages) {
     for (const char* field :
@@ -241,20 +283,24 @@ absl::Status WriteCsv(const Evaluation& evaluation, const std::string& path) {
   }
   summary << absl::StrJoin(header, ",") << "\n";
   for (const ProfileSummary& s : summaries) {
-    std::vector<std::string> row = {CsvField(s.profile),
-                                    absl::StrCat(s.n),
-                                    absl::StrCat(s.labelled),
-                                    absl::StrCat(s.correct),
-                                    absl::StrCat(s.accuracy),
-                                    absl::StrCat(s.accuracy_ci.low),
-                                    absl::StrCat(s.accuracy_ci.high),
-                                    absl::StrCat(s.answered_rate),
-                                    absl::StrCat(s.agreement),
-                                    absl::StrCat(s.agreement_ci.low),
-                                    absl::StrCat(s.agreement_ci.high),
-                                    absl::StrCat(s.mean_seconds),
-                                    absl::StrCat(s.p90_seconds),
-                                    absl::StrCat(s.speedup)};
+    std::vector<std::string> row = {
+        CsvField(s.profile),
+        absl::StrCat(s.n),
+        absl::StrCat(s.labelled),
+        absl::StrCat(s.correct),
+        absl::StrCat(s.accuracy),
+        absl::StrCat(s.accuracy_ci.low),
+        absl::StrCat(s.accuracy_ci.high),
+        absl::StrCat(s.answered_rate),
+        absl::StrCat(s.agreement),
+        absl::StrCat(s.agreement_ci.low),
+        absl::StrCat(s.agreement_ci.high),
+        absl::StrCat(s.mean_seconds),
+        absl::StrCat(s.p90_seconds),
+        absl::StrCat(s.speedup),
+        absl::StrCat(s.latency_measured),
+        absl::StrCat(s.latency_check.mean_abs_relative_error),
+        absl::StrCat(s.latency_check.mean_relative_error)};
     for (const StageSummary& st : s.stages) {
       row.push_back(st.fidelity.has_value() ? absl::StrCat(*st.fidelity) : "");
       for (double v : {st.mean_seconds, st.p90_seconds, st.mean_prefill_seconds,
@@ -351,12 +397,17 @@ absl::Status Run() {
   }
 
   options.backend.num_threads = absl::GetFlag(FLAGS_threads);
+  if (const int64_t tokens = absl::GetFlag(FLAGS_kv_cache_tokens); tokens > 0) {
+    options.backend.kv_cache_tokens = tokens;
+  }
   LS_ASSIGN_OR_RETURN(options.matrix_dtype,
                       ParseMatrixDType(absl::GetFlag(FLAGS_dtype)));
   LS_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options));
   EvaluationOptions eval_options;
   eval_options.base.max_new_tokens_cap = absl::GetFlag(FLAGS_max_new_tokens);
   eval_options.fidelity = absl::GetFlag(FLAGS_fidelity);
+  eval_options.batch = absl::GetFlag(FLAGS_batch);
+  eval_options.latency_questions = absl::GetFlag(FLAGS_latency_questions);
   const bool progress = absl::GetFlag(FLAGS_progress);
 
   std::vector<SublayerRef> ranking;
@@ -436,6 +487,11 @@ absl::Status Run() {
                {"offset", absl::GetFlag(FLAGS_offset)},
                {"question_ids", evaluation.question_ids},
                {"max_new_tokens", eval_options.base.max_new_tokens_cap},
+               {"batch", eval_options.batch},
+               {"latency_questions",
+                eval_options.batch > 0
+                    ? nlohmann::json(eval_options.latency_questions)
+                    : nlohmann::json(nullptr)},
                {"calibration", calibration_json},
                {"profiles", std::move(summaries)},
                {"rows", std::move(rows)}});

@@ -83,6 +83,15 @@ ABSL_FLAG(std::string, early_exit_windows, "4,8",
 ABSL_FLAG(std::string, early_exit_quantiles, "0.1,0.2,0.3",
           "Thresholds: these quantiles of full's per-token max_prob on the "
           "search questions");
+ABSL_FLAG(int64_t, batch, 16,
+          "Search questions per batched run (same outputs as running each "
+          "alone; the few-shot prefix is shared); 0 runs every question alone");
+ABSL_FLAG(int64_t, latency_questions, 8,
+          "With --batch: the first N search questions run alone and their "
+          "measured per-token costs predict the others' latency");
+ABSL_FLAG(int64_t, kv_cache_tokens, 65536,
+          "KV cache capacity in tokens (a batch's sequences are reserved "
+          "whole: prompt + max_new_tokens each)");
 ABSL_FLAG(int64_t, threads, 0, "Worker threads; 0 uses all hardware threads");
 ABSL_FLAG(int64_t, max_new_tokens, 0,
           "Caps every stage's max_new_tokens; 0 keeps the pipeline's");
@@ -122,6 +131,11 @@ absl::Status ValidateFlags() {
                      kMaxThreadsFlag),
       CheckFlagRange("max-new-tokens", absl::GetFlag(FLAGS_max_new_tokens), 0,
                      kMaxNewTokensFlag),
+      CheckFlagRange("batch", absl::GetFlag(FLAGS_batch), 0, kMaxEvalBatchFlag),
+      CheckFlagRange("latency-questions",
+                     absl::GetFlag(FLAGS_latency_questions), 1, kMaxCountFlag),
+      CheckFlagRange("kv-cache-tokens", absl::GetFlag(FLAGS_kv_cache_tokens), 1,
+                     kMaxKvCacheTokensFlag),
   });
 }
 
@@ -364,6 +378,7 @@ absl::Status Run() {
   }
 
   options.backend.num_threads = absl::GetFlag(FLAGS_threads);
+  options.backend.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   LS_ASSIGN_OR_RETURN(options.matrix_dtype,
                       ParseMatrixDType(absl::GetFlag(FLAGS_dtype)));
   LS_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options));
@@ -400,19 +415,40 @@ absl::Status Run() {
   EngineQuestionMeasurer engine_measurer(engine.get(), &pipeline, space,
                                          split.search, base, &reference_cache);
 
+  std::vector<std::string> keys;
+  for (const QuestionItem& item : split.search) {
+    keys.push_back(QuestionCacheKey(item));
+  }
+  const int64_t batch = absl::GetFlag(FLAGS_batch);
+  // Batched, the first --latency-questions run alone: their measured
+  // latency fits the per-token costs that predict the others'.
+  std::set<std::string> latency_keys;
+  for (size_t q = 0; q < keys.size(); ++q) {
+    if (batch == 0 ||
+        static_cast<int64_t>(q) < absl::GetFlag(FLAGS_latency_questions)) {
+      latency_keys.insert(keys[q]);
+    }
+  }
+  engine_measurer.set_batching(batch, latency_keys);
+
   // full on every search question first: its per-token confidences set the
   // early-exit thresholds, and every later candidate is compared to it.
-  std::vector<std::string> keys;
   std::vector<float> confidences;
   const bool tty = isatty(STDERR_FILENO) == 1;
-  for (size_t q = 0; q < split.search.size(); ++q) {
-    keys.push_back(QuestionCacheKey(split.search[q]));
-    // One line redrawn on a terminal; a line per question in a log.
+  const size_t group = batch > 0 ? static_cast<size_t>(batch) : 1;
+  for (size_t begin = 0; begin < keys.size(); begin += group) {
+    const size_t end = std::min(keys.size(), begin + group);
+    // One line redrawn on a terminal; a line per group in a log.
     std::fprintf(stderr,
-                 "%s[litestage-search] full on search question %zu/%zu%s",
-                 tty ? "\r" : "", q + 1, split.search.size(), tty ? "" : "\n");
+                 "%s[litestage-search] full on search questions %zu-%zu of "
+                 "%zu%s",
+                 tty ? "\r" : "", begin + 1, end, keys.size(), tty ? "" : "\n");
+    LS_RETURN_IF_ERROR(engine_measurer.EnsureReferences(
+        absl::MakeConstSpan(keys).subspan(begin, end - begin)));
+  }
+  for (const std::string& key : keys) {
     LS_ASSIGN_OR_RETURN(const ReferenceRun* reference,
-                        engine_measurer.Reference(keys.back()));
+                        engine_measurer.Reference(key));
     confidences.insert(confidences.end(), reference->token_max_prob.begin(),
                        reference->token_max_prob.end());
   }
@@ -438,9 +474,17 @@ absl::Status Run() {
                          : EarlyExitGrid(windows, thresholds);
 
   CachingQuestionMeasurer caching(&cache, &engine_measurer);
+  // A latency question's entry must hold a measured latency (an earlier
+  // search may have batched it).
+  caching.set_accept([&](const std::string& key, const nlohmann::json& result) {
+    return latency_keys.count(key) == 0 ||
+           result.value("latency_measured", false);
+  });
   QuestionSetMeasurer measurer(
       &caching, keys, space.stage_names.size(),
       MakeSearchDecoder(metric, space.stage_names.size()));
+  measurer.set_group_size(static_cast<int64_t>(group));
+  measurer.set_result_hook(PredictBatchedLatency);
   ProgressReporter progress = ProgressReporter::ForStderr();
   measurer.set_progress(&progress);
   SearchOptions search_options;
@@ -459,6 +503,8 @@ absl::Status Run() {
   info.calibration_question_ids = Ids(split.calibration);
   info.search_question_ids = Ids(split.search);
   info.dataset = dataset;
+  info.batch = batch;
+  info.latency_questions = absl::GetFlag(FLAGS_latency_questions);
   LS_ASSIGN_OR_RETURN(Profile profile,
                       MakeSearchedProfile(name, space, result, info));
   LS_RETURN_IF_ERROR(WriteFileAtomically(out, ProfileToJson(profile)));

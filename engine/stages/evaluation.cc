@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/early_exit.h"
 #include "engine/sampler.h"
+#include "engine/scheduler.h"
 #include "engine/util/check.h"
 #include "engine/util/status_macros.h"
 
@@ -238,44 +239,11 @@ absl::StatusOr<ReferenceTokens> ReferenceTokensFromRun(
 absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
     Engine& engine, const Pipeline& pipeline, const Profile& profile,
     const ReferenceTokens& full) {
-  if (full.stages.size() != pipeline.stages.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("fidelity: full's run has ", full.stages.size(),
-                     " stages, the pipeline ", pipeline.stages.size()));
-  }
-  const int64_t vocab = engine.config().vocab_size;
-  const int64_t context = engine.config().max_position_embeddings;
-  std::vector<FidelityCount> counts(full.stages.size());
-  for (size_t s = 0; s < full.stages.size(); ++s) {
-    const PipelineStage& stage = pipeline.stages[s];
-    const SkipSet& skip = profile.ForStage(stage.name).skip;
-    for (const ReferenceTokens::Branch& branch : full.stages[s]) {
-      const std::vector<int32_t>& generated = branch.generated;
-      if (generated.empty()) continue;
-      // [prompt, generated without its last token]: position p-1+i predicts
-      // generated[i]; the last token predicts nothing we compare.
-      std::vector<int32_t> tokens = branch.prompt;
-      tokens.insert(tokens.end(), generated.begin(), generated.end() - 1);
-      if (branch.prompt.empty() ||
-          (context > 0 && static_cast<int64_t>(tokens.size()) > context)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "fidelity: stage '", stage.name, "': ", branch.prompt.size(),
-            " prompt + ", generated.size(),
-            " generated tokens do not fit a forward pass of this model"));
-      }
-      // PromptLogits rejects ids outside the vocabulary (a corrupt cache).
-      LS_ASSIGN_OR_RETURN(std::vector<float> logits,
-                          engine.PromptLogits(tokens, skip));  // [n, vocab]
-      LS_CHECK_EQ(logits.size(), tokens.size() * static_cast<size_t>(vocab));
-      const size_t first = branch.prompt.size() - 1;
-      for (size_t i = 0; i < generated.size(); ++i) {
-        const float* row = logits.data() + (first + i) * vocab;
-        counts[s].hits += Argmax(row, vocab) == generated[i] ? 1 : 0;
-        ++counts[s].total;
-      }
-    }
-  }
-  return counts;
+  const ReferenceTokens* one = &full;
+  LS_ASSIGN_OR_RETURN(
+      std::vector<std::vector<FidelityCount>> counts,
+      BatchTeacherForcedFidelity(engine, pipeline, profile, {&one, 1}));
+  return std::move(counts[0]);
 }
 
 absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
@@ -283,6 +251,175 @@ absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
     const ReasoningResult& full) {
   LS_ASSIGN_OR_RETURN(ReferenceTokens tokens, ReferenceTokensFromRun(full));
   return TeacherForcedFidelity(engine, pipeline, profile, tokens);
+}
+
+absl::StatusOr<std::vector<std::vector<FidelityCount>>>
+BatchTeacherForcedFidelity(Engine& engine, const Pipeline& pipeline,
+                           const Profile& profile,
+                           absl::Span<const ReferenceTokens* const> full) {
+  const int64_t vocab = engine.config().vocab_size;
+  std::vector<std::vector<FidelityCount>> counts(full.size());
+  std::vector<Engine::ScoringRequest> requests;
+  // Per request: which question and stage it counts for, and full's tokens.
+  struct Scored {
+    size_t question;
+    size_t stage;
+    const std::vector<int32_t>* generated;
+  };
+  std::vector<Scored> scored;
+  // Stage-major, so a stage's prompts (one skip set) are adjacent and a
+  // sequence is released soon after the last one forking from it.
+  for (size_t s = 0; s < pipeline.stages.size(); ++s) {
+    const SkipSet& skip = profile.ForStage(pipeline.stages[s].name).skip;
+    for (size_t q = 0; q < full.size(); ++q) {
+      if (full[q]->stages.size() != pipeline.stages.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("fidelity: full's run of question ", q, " has ",
+                         full[q]->stages.size(), " stages, the pipeline ",
+                         pipeline.stages.size()));
+      }
+      counts[q].resize(pipeline.stages.size());
+      for (const ReferenceTokens::Branch& branch : full[q]->stages[s]) {
+        if (branch.generated.empty()) continue;
+        if (branch.prompt.empty()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("fidelity: stage '", pipeline.stages[s].name,
+                           "' of question ", q, " has no prompt ids"));
+        }
+        Engine::ScoringRequest request;
+        request.tokens = branch.prompt;
+        request.tokens.insert(request.tokens.end(), branch.generated.begin(),
+                              branch.generated.end());
+        request.first_scored = static_cast<int64_t>(branch.prompt.size());
+        request.skip = skip;
+        requests.push_back(std::move(request));
+        scored.push_back(Scored{q, s, &branch.generated});
+      }
+    }
+  }
+  LS_RETURN_IF_ERROR(engine.ScoreContinuations(
+      requests, [&](size_t i, absl::Span<const float> rows) {
+        const Scored& target = scored[i];
+        const std::vector<int32_t>& generated = *target.generated;
+        LS_CHECK_EQ(rows.size(), generated.size() * static_cast<size_t>(vocab));
+        FidelityCount& count = counts[target.question][target.stage];
+        for (size_t t = 0; t < generated.size(); ++t) {
+          count.hits += Argmax(rows.data() + t * vocab, vocab) == generated[t];
+          ++count.total;
+        }
+      }));
+  return counts;
+}
+
+int64_t AloneFillTokens(const StageRecord& record, bool fan_out,
+                        int64_t block_size) {
+  std::vector<absl::Span<const int32_t>> prompts;
+  std::vector<int64_t> limits;
+  int64_t total = 0;
+  for (const BranchRecord& branch : record.branches) {
+    prompts.push_back(branch.prompt_token_ids);
+    limits.push_back(static_cast<int64_t>(branch.prompt_token_ids.size()) - 1);
+    total += static_cast<int64_t>(branch.prompt_token_ids.size());
+  }
+  // RunReasoning shares prefixes only between a fan-out stage's branches
+  // (one skip set per stage, so every pair may share).
+  if (!fan_out) return total;
+  for (const PrefixShare& share : PlanPrefixSharing(
+           prompts, limits, block_size, [](size_t, size_t) { return true; })) {
+    total -= share.tokens;
+  }
+  return total;
+}
+
+absl::StatusOr<LatencyModel> FitLatencyModel(
+    absl::Span<const QuestionEval* const> measured) {
+  if (measured.empty()) {
+    return absl::InvalidArgumentError(
+        "latency model: no rows measured alone to fit on");
+  }
+  const size_t num_stages = measured[0]->stages.size();
+  std::vector<double> prefill_seconds(num_stages), decode_seconds(num_stages);
+  std::vector<double> prefill_tokens(num_stages), decode_tokens(num_stages);
+  for (const QuestionEval* row : measured) {
+    if (!row->latency_measured) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "latency model: question ", row->question_id, " was not measured"));
+    }
+    if (row->stages.size() != num_stages) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("latency model: question ", row->question_id, " has ",
+                       row->stages.size(), " stages, expected ", num_stages));
+    }
+    for (size_t s = 0; s < num_stages; ++s) {
+      const StageEval& stage = row->stages[s];
+      prefill_seconds[s] += stage.prefill_seconds;
+      decode_seconds[s] += stage.decode_seconds;
+      prefill_tokens[s] += static_cast<double>(stage.prefill_tokens);
+      decode_tokens[s] += static_cast<double>(stage.decode_tokens);
+    }
+  }
+  LatencyModel model;
+  for (size_t s = 0; s < num_stages; ++s) {
+    StageLatencyCost cost;
+    if (prefill_tokens[s] > 0) {
+      cost.prefill_seconds_per_token = prefill_seconds[s] / prefill_tokens[s];
+    }
+    if (decode_tokens[s] > 0) {
+      cost.decode_seconds_per_token = decode_seconds[s] / decode_tokens[s];
+    }
+    model.stages.push_back(cost);
+  }
+  return model;
+}
+
+absl::Status ApplyLatencyModel(const LatencyModel& model, QuestionEval* row) {
+  if (row->stages.size() != model.stages.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "latency model: question ", row->question_id, " has ",
+        row->stages.size(), " stages, the model ", model.stages.size()));
+  }
+  row->seconds = 0;
+  for (size_t s = 0; s < model.stages.size(); ++s) {
+    StageEval& stage = row->stages[s];
+    stage.prefill_seconds = model.stages[s].prefill_seconds_per_token *
+                            static_cast<double>(stage.prefill_tokens);
+    stage.decode_seconds = model.stages[s].decode_seconds_per_token *
+                           static_cast<double>(stage.decode_tokens);
+    stage.seconds = stage.prefill_seconds + stage.decode_seconds;
+    row->seconds += stage.seconds;
+  }
+  row->latency_measured = false;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LatencyModelCheck> CrossValidateLatencyModel(
+    absl::Span<const QuestionEval* const> measured) {
+  LatencyModelCheck check;
+  if (measured.size() < 2) return check;
+  std::vector<const QuestionEval*> folds[2];
+  for (size_t i = 0; i < measured.size(); ++i) {
+    folds[i % 2].push_back(measured[i]);
+  }
+  double abs_relative = 0, predicted_sum = 0, measured_sum = 0;
+  for (int fold = 0; fold < 2; ++fold) {
+    LS_ASSIGN_OR_RETURN(LatencyModel model, FitLatencyModel(folds[1 - fold]));
+    for (const QuestionEval* row : folds[fold]) {
+      QuestionEval predicted = *row;
+      LS_RETURN_IF_ERROR(ApplyLatencyModel(model, &predicted));
+      if (row->seconds > 0) {
+        abs_relative +=
+            std::abs(predicted.seconds - row->seconds) / row->seconds;
+      }
+      predicted_sum += predicted.seconds;
+      measured_sum += row->seconds;
+      ++check.n;
+    }
+  }
+  check.mean_abs_relative_error = abs_relative / static_cast<double>(check.n);
+  if (measured_sum > 0) {
+    check.mean_relative_error = (predicted_sum - measured_sum) / measured_sum;
+  }
+  return check;
 }
 
 absl::Status AddFidelity(Engine& engine, const Pipeline& pipeline,
@@ -323,6 +460,10 @@ QuestionEval MakeQuestionEval(const std::string& profile,
     stage.name = record.name;
     stage.prompt_tokens = record.prompt_tokens;
     stage.generated_tokens = record.generated_tokens;
+    stage.prefill_tokens = record.prompt_tokens - record.cached_prompt_tokens;
+    for (const BranchRecord& branch : record.branches) {
+      stage.decode_tokens += std::max<int64_t>(0, branch.generated_tokens - 1);
+    }
     stage.seconds = record.seconds;
     stage.prefill_seconds = record.prefill_seconds;
     stage.decode_seconds = record.decode_seconds;
@@ -369,6 +510,50 @@ absl::StatusOr<QuestionEval> EvaluateQuestion(
   return row;
 }
 
+absl::StatusOr<std::vector<QuestionEval>> EvaluateQuestionsBatched(
+    Engine& engine, const Pipeline& pipeline, const Profile& profile,
+    const std::string& profile_name,
+    absl::Span<const QuestionItem* const> items, const ReasoningRequest& base,
+    int64_t batch, std::vector<ReasoningResult>* runs) {
+  if (batch < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch must be >= 1, got ", batch));
+  }
+  const int64_t block_size = engine.backend().kv_blocks().block_size();
+  std::vector<QuestionEval> rows;
+  if (runs != nullptr) runs->clear();
+  for (size_t begin = 0; begin < items.size();
+       begin += static_cast<size_t>(batch)) {
+    const size_t end =
+        std::min(items.size(), begin + static_cast<size_t>(batch));
+    std::vector<ReasoningRequest> requests;
+    for (size_t q = begin; q < end; ++q) {
+      requests.push_back(RequestForItem(*items[q], base));
+    }
+    absl::StatusOr<std::vector<ReasoningResult>> results =
+        RunReasoningBatch(engine, pipeline, profile, requests);
+    if (!results.ok()) {
+      return absl::Status(
+          results.status().code(),
+          absl::StrCat("profile ", profile_name, ", questions ",
+                       items[begin]->id, "..", items[end - 1]->id, ": ",
+                       results.status().message()));
+    }
+    for (size_t q = begin; q < end; ++q) {
+      ReasoningResult& result = (*results)[q - begin];
+      QuestionEval row = MakeQuestionEval(profile_name, *items[q], result, {});
+      row.latency_measured = false;
+      for (size_t s = 0; s < row.stages.size(); ++s) {
+        row.stages[s].prefill_tokens = AloneFillTokens(
+            result.stages[s], pipeline.stages[s].fan_out, block_size);
+      }
+      rows.push_back(std::move(row));
+      if (runs != nullptr) runs->push_back(std::move(result));
+    }
+  }
+  return rows;
+}
+
 bool AnswersAgree(const QuestionEval& a, const QuestionEval& b) {
   return a.answer_index == b.answer_index;
 }
@@ -386,6 +571,7 @@ absl::StatusOr<ProfileSummary> SummarizeProfile(
   const size_t num_stages = rows[0].stages.size();
   std::vector<std::vector<double>> stage_seconds(num_stages);
   std::vector<std::vector<double>> stage_fidelity(num_stages);
+  std::vector<const QuestionEval*> measured;
   summary.stages.resize(num_stages);
   for (const QuestionEval& row : rows) {
     if (row.profile != summary.profile) {
@@ -408,6 +594,10 @@ absl::StatusOr<ProfileSummary> SummarizeProfile(
     if (row.answered()) ++summary.answered;
     if (AnswersAgree(row, *full->second)) ++summary.agree;
     seconds.push_back(row.seconds);
+    if (row.latency_measured) {
+      ++summary.latency_measured;
+      measured.push_back(&row);
+    }
     summary.mean_fidelity_seconds += row.fidelity_seconds;
     full_seconds.push_back(full->second->seconds);
     for (size_t s = 0; s < num_stages; ++s) {
@@ -439,6 +629,10 @@ absl::StatusOr<ProfileSummary> SummarizeProfile(
   summary.mean_seconds = Mean(seconds);
   summary.mean_fidelity_seconds /= n;
   summary.p90_seconds = Quantile(seconds, 0.9);
+  if (summary.latency_measured < summary.n) {
+    LS_ASSIGN_OR_RETURN(summary.latency_check,
+                        CrossValidateLatencyModel(measured));
+  }
   summary.speedup =
       summary.mean_seconds > 0 ? Mean(full_seconds) / summary.mean_seconds : 0;
   for (size_t s = 0; s < num_stages; ++s) {
@@ -471,24 +665,114 @@ absl::StatusOr<Evaluation> EvaluateProfiles(
   if (questions.empty()) {
     return absl::InvalidArgumentError("evaluation: no questions");
   }
+  if (options.batch < 0 ||
+      (options.batch > 0 && options.latency_questions < 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("evaluation: batch must be >= 0 (got ", options.batch,
+                     ") and, batched, latency_questions >= 1 (got ",
+                     options.latency_questions, ")"));
+  }
   Evaluation evaluation;
   evaluation.profiles = names;
   evaluation.rows.resize(profiles.size());
+  for (const QuestionItem& item : questions) {
+    evaluation.question_ids.push_back(item.id);
+  }
+  const size_t alone =
+      options.batch == 0
+          ? questions.size()
+          : std::min<size_t>(questions.size(), options.latency_questions);
   const int64_t total =
       static_cast<int64_t>(profiles.size() * questions.size());
   int64_t done = 0;
-  for (const QuestionItem& item : questions) {
-    evaluation.question_ids.push_back(item.id);
+  // Batched, the teacher-forced passes of every question (those run alone
+  // too) go through BatchTeacherForcedFidelity afterwards; alone, each
+  // runs right after its question.
+  const bool batched = options.batch > 0;
+  std::vector<ReferenceTokens> references;  // [questions], batched only
+  for (size_t q = 0; q < alone; ++q) {
+    const QuestionItem& item = questions[q];
     ReasoningResult full_run;
     for (size_t p = 0; p < profiles.size(); ++p) {
       ReasoningResult* keep = p == 0 ? &full_run : nullptr;
+      const ReasoningResult* reference =
+          options.fidelity && !batched ? &full_run : nullptr;
       LS_ASSIGN_OR_RETURN(
           QuestionEval row,
           EvaluateQuestion(engine, pipeline, profiles[p], names[p], item,
-                           options.base, options.fidelity ? &full_run : nullptr,
-                           keep));
+                           options.base, reference, keep));
       evaluation.rows[p].push_back(std::move(row));
       if (progress) progress(++done, total);
+    }
+    if (batched) {
+      LS_ASSIGN_OR_RETURN(ReferenceTokens tokens,
+                          ReferenceTokensFromRun(full_run));
+      references.push_back(std::move(tokens));
+    }
+  }
+  if (batched) {
+    // The rest: full first (its tokens are everyone's reference), then each
+    // profile.
+    std::vector<const QuestionItem*> rest;
+    for (size_t q = alone; q < questions.size(); ++q) {
+      rest.push_back(&questions[q]);
+    }
+    for (size_t p = 0; p < profiles.size(); ++p) {
+      // One call per batch, so progress moves as batches finish.
+      for (size_t begin = 0; begin < rest.size();
+           begin += static_cast<size_t>(options.batch)) {
+        const size_t count =
+            std::min(rest.size() - begin, static_cast<size_t>(options.batch));
+        std::vector<ReasoningResult> runs;
+        LS_ASSIGN_OR_RETURN(
+            std::vector<QuestionEval> rows,
+            EvaluateQuestionsBatched(
+                engine, pipeline, profiles[p], names[p],
+                absl::MakeConstSpan(rest).subspan(begin, count), options.base,
+                options.batch, p == 0 ? &runs : nullptr));
+        for (size_t i = 0; i < rows.size(); ++i) {
+          if (p == 0) {
+            LS_ASSIGN_OR_RETURN(ReferenceTokens reference,
+                                ReferenceTokensFromRun(runs[i]));
+            references.push_back(std::move(reference));
+          }
+          evaluation.rows[p].push_back(std::move(rows[i]));
+          if (progress) progress(++done, total);
+        }
+      }
+      if (options.fidelity) {
+        for (size_t begin = 0; begin < questions.size();
+             begin += options.batch) {
+          const size_t end =
+              std::min<size_t>(questions.size(), begin + options.batch);
+          std::vector<const ReferenceTokens*> chunk;
+          for (size_t q = begin; q < end; ++q) chunk.push_back(&references[q]);
+          const auto start = std::chrono::steady_clock::now();
+          LS_ASSIGN_OR_RETURN(
+              std::vector<std::vector<FidelityCount>> fidelity,
+              BatchTeacherForcedFidelity(engine, pipeline, profiles[p], chunk));
+          const double seconds = std::chrono::duration<double>(
+                                     std::chrono::steady_clock::now() - start)
+                                     .count();
+          for (size_t q = begin; q < end; ++q) {
+            QuestionEval& row = evaluation.rows[p][q];
+            for (size_t s = 0; s < row.stages.size(); ++s) {
+              row.stages[s].fidelity = fidelity[q - begin][s];
+            }
+            row.fidelity_measured = true;
+            row.fidelity_seconds = seconds / static_cast<double>(end - begin);
+          }
+        }
+      }
+      // Latency of the batched rows from this profile's measured ones.
+      std::vector<const QuestionEval*> measured;
+      for (size_t q = 0; q < alone; ++q) {
+        measured.push_back(&evaluation.rows[p][q]);
+      }
+      LS_ASSIGN_OR_RETURN(LatencyModel model, FitLatencyModel(measured));
+      for (size_t q = alone; q < questions.size(); ++q) {
+        LS_RETURN_IF_ERROR(ApplyLatencyModel(model, &evaluation.rows[p][q]));
+      }
     }
   }
   for (size_t p = 0; p < profiles.size(); ++p) {

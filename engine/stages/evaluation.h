@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "engine/engine.h"
 #include "engine/stages/dataset.h"
 #include "engine/stages/pipeline.h"
@@ -94,6 +95,12 @@ struct StageEval {
   std::string name;
   int64_t prompt_tokens = 0;     // Summed over branches.
   int64_t generated_tokens = 0;  // Summed over branches.
+  // What the latency model multiplies (see LatencyModel): the prompt tokens
+  // a request run alone computes (its fan-out branches share their prefix,
+  // nothing else is cached), and the tokens decoded after each branch's
+  // first (which comes out of the prefill): sum of max(0, generated - 1).
+  int64_t prefill_tokens = 0;
+  int64_t decode_tokens = 0;
   double seconds = 0;
   double prefill_seconds = 0;
   double decode_seconds = 0;
@@ -113,6 +120,11 @@ struct QuestionEval {
            *answer_index == *label;
   }
   double seconds = 0;  // End to end: RunReasoning's wall time.
+  // True: `seconds` (and the stages' times) measured with the request run
+  // alone on an idle engine. False: predicted by a LatencyModel fitted on
+  // measured rows of the same profile (the outputs came from a batched run,
+  // whose wall time says nothing about one request's latency).
+  bool latency_measured = true;
   // False when the teacher-forced pass was not run (StageEval::fidelity is
   // then zero counts, not a measurement).
   bool fidelity_measured = false;
@@ -152,6 +164,16 @@ absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
 absl::StatusOr<std::vector<FidelityCount>> TeacherForcedFidelity(
     Engine& engine, const Pipeline& pipeline, const Profile& profile,
     const ReasoningResult& full);
+// TeacherForcedFidelity for many questions at once: every branch of every
+// stage of `full` [questions] in one Engine::ScoreContinuations call, so the
+// prompts share prefix KV (the few-shot prefix is computed once per stage)
+// and logits are computed for the scored positions only. Equal to
+// TeacherForcedFidelity question by question (tested). [questions][stages]
+absl::StatusOr<std::vector<std::vector<FidelityCount>>>
+BatchTeacherForcedFidelity(Engine& engine, const Pipeline& pipeline,
+                           const Profile& profile,
+                           absl::Span<const ReferenceTokens* const> full);
+
 // Runs TeacherForcedFidelity for `row` (a row of `profile` without
 // fidelity, e.g. from EvaluateQuestion with no reference) and fills its
 // fidelity counts, fidelity_measured and fidelity_seconds.
@@ -164,6 +186,51 @@ QuestionEval MakeQuestionEval(const std::string& profile,
                               const QuestionItem& item,
                               const ReasoningResult& result,
                               const std::vector<FidelityCount>& fidelity);
+
+// StageEval::prefill_tokens of a stage of a run: the prompt tokens a run of
+// that request alone computes. For a RunReasoning result this is
+// prompt_tokens - cached_prompt_tokens; for a RunReasoningBatch result
+// (where prompts of other questions were shared too) it replays the
+// fan-out prefix sharing of a lone run from the branches' prompt ids
+// (PlanPrefixSharing with `block_size`). Needs prompt_token_ids.
+int64_t AloneFillTokens(const StageRecord& record, bool fan_out,
+                        int64_t block_size);
+
+// ---- Latency model ---------------------------------------------------------
+//
+// Outputs of a batched run are exact, its timings are not a user's. The
+// model turns token counts into latency with per-token costs measured for
+// the same profile on requests run alone: per stage, seconds =
+// prefill_cost * prefill_tokens + decode_cost * decode_tokens, each cost the
+// ratio of summed measured seconds to summed tokens over the measured rows
+// (prefill_seconds includes the first token; decode_seconds the rest).
+struct StageLatencyCost {
+  double prefill_seconds_per_token = 0;
+  double decode_seconds_per_token = 0;
+};
+struct LatencyModel {
+  std::vector<StageLatencyCost> stages;  // Pipeline order.
+};
+// From rows with latency_measured (InvalidArgument when there are none,
+// a row is not measured or the stage counts differ).
+absl::StatusOr<LatencyModel> FitLatencyModel(
+    absl::Span<const QuestionEval* const> measured);
+// Overwrites `row`'s stage and end-to-end times with the model's and sets
+// latency_measured = false. InvalidArgument on a stage-count mismatch.
+absl::Status ApplyLatencyModel(const LatencyModel& model, QuestionEval* row);
+
+// How well the model predicts measured latency: two-fold cross-validation
+// over the measured rows (fit on the even-indexed, predict the odd, and the
+// other way round), end to end per question.
+struct LatencyModelCheck {
+  int64_t n = 0;  // Measured rows checked (0: fewer than 2).
+  // Mean over questions of |predicted - measured| / measured.
+  double mean_abs_relative_error = 0;
+  // (mean predicted - mean measured) / mean measured: the bias of a mean.
+  double mean_relative_error = 0;
+};
+absl::StatusOr<LatencyModelCheck> CrossValidateLatencyModel(
+    absl::Span<const QuestionEval* const> measured);
 
 // The ReasoningRequest of `item`: `base`'s settings, its question and
 // choices.
@@ -182,6 +249,17 @@ absl::StatusOr<QuestionEval> EvaluateQuestion(
     const std::string& profile_name, const QuestionItem& item,
     const ReasoningRequest& base, const ReasoningResult* full_run,
     ReasoningResult* run = nullptr);
+
+// Runs `items` with `profile`, `batch` (>= 1) questions per
+// RunReasoningBatch call: the rows of EvaluateQuestion without fidelity,
+// token for token, with latency_measured false (their times are the
+// batch's; see LatencyModel) and prefill_tokens replayed as a lone run
+// (AloneFillTokens). `runs` (optional) receives the results, in order.
+absl::StatusOr<std::vector<QuestionEval>> EvaluateQuestionsBatched(
+    Engine& engine, const Pipeline& pipeline, const Profile& profile,
+    const std::string& profile_name,
+    absl::Span<const QuestionItem* const> items, const ReasoningRequest& base,
+    int64_t batch, std::vector<ReasoningResult>* runs = nullptr);
 
 // ---- Aggregation ---------------------------------------------------------
 
@@ -221,6 +299,10 @@ struct ProfileSummary {
   // run (interleaved); > 1 is faster.
   double speedup = 0;
   double mean_fidelity_seconds = 0;  // Teacher-forced passes, per question.
+  // Rows whose latency was measured alone; the others' is predicted by the
+  // LatencyModel fitted on these, with `latency_check` its error.
+  int64_t latency_measured = 0;
+  LatencyModelCheck latency_check;
   std::vector<StageSummary> stages;
 };
 
@@ -241,6 +323,17 @@ struct EvaluationOptions {
   // Run the teacher-forced fidelity passes (about doubles the cost of a
   // question on the default model: one extra prefill of every stage).
   bool fidelity = true;
+  // 0: every question of every profile runs alone (RunReasoning) and its
+  // latency is measured. > 0: the first `latency_questions` questions run
+  // alone as before (measured latency, interleaved across profiles); the
+  // rest run `batch` questions at a time through RunReasoningBatch (token
+  // for token the same outputs) with batched teacher forcing, and their
+  // latency is predicted by each profile's LatencyModel fitted on its
+  // measured questions. Several times faster on the CPU, where batch-1
+  // decode is bound by weight reads and every question repeats the
+  // few-shot prefix.
+  int64_t batch = 0;
+  int64_t latency_questions = 16;  // With batch > 0; at least 1.
 };
 
 struct Evaluation {
@@ -255,9 +348,10 @@ struct Evaluation {
 using EvaluationProgress = std::function<void(int64_t done, int64_t total)>;
 
 // Evaluates `profiles` (profiles[0] must be full: no skip, no early exit) on
-// `questions`, one request at a time, interleaved per question (q1: full,
+// `questions`: requests run alone are interleaved per question (q1: full,
 // A, B; q2: full, A, B; ...) so drift in machine speed hits every profile
-// alike. `names` [profiles] label the rows.
+// alike; with options.batch the rest run batched (see EvaluationOptions).
+// `names` [profiles] label the rows.
 absl::StatusOr<Evaluation> EvaluateProfiles(
     Engine& engine, const Pipeline& pipeline,
     const std::vector<Profile>& profiles, const std::vector<std::string>& names,

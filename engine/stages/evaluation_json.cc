@@ -63,6 +63,8 @@ nlohmann::json QuestionEvalToJson(const QuestionEval& row) {
     stages.push_back({{"name", s.name},
                       {"prompt_tokens", s.prompt_tokens},
                       {"generated_tokens", s.generated_tokens},
+                      {"prefill_tokens", s.prefill_tokens},
+                      {"decode_tokens", s.decode_tokens},
                       {"seconds", s.seconds},
                       {"prefill_seconds", s.prefill_seconds},
                       {"decode_seconds", s.decode_seconds},
@@ -79,6 +81,7 @@ nlohmann::json QuestionEvalToJson(const QuestionEval& row) {
           {"answered", row.answered()},
           {"correct", row.correct()},
           {"seconds", row.seconds},
+          {"latency_measured", row.latency_measured},
           {"fidelity_measured", row.fidelity_measured},
           {"fidelity_seconds", row.fidelity_seconds},
           {"stages", std::move(stages)}};
@@ -108,6 +111,7 @@ absl::StatusOr<QuestionEval> QuestionEvalFromJson(const nlohmann::json& json) {
     LS_ASSIGN_OR_RETURN(row.answer_index, index(json.at("answer_index")));
     LS_ASSIGN_OR_RETURN(row.label, index(json.at("label")));
     row.seconds = json.at("seconds").get<double>();
+    row.latency_measured = json.at("latency_measured").get<bool>();
     row.fidelity_measured = json.at("fidelity_measured").get<bool>();
     row.fidelity_seconds = json.at("fidelity_seconds").get<double>();
     for (const nlohmann::json& s : json["stages"]) {
@@ -115,6 +119,8 @@ absl::StatusOr<QuestionEval> QuestionEvalFromJson(const nlohmann::json& json) {
       stage.name = s.at("name").get<std::string>();
       stage.prompt_tokens = s.at("prompt_tokens").get<int64_t>();
       stage.generated_tokens = s.at("generated_tokens").get<int64_t>();
+      stage.prefill_tokens = s.at("prefill_tokens").get<int64_t>();
+      stage.decode_tokens = s.at("decode_tokens").get<int64_t>();
       stage.seconds = s.at("seconds").get<double>();
       stage.prefill_seconds = s.at("prefill_seconds").get<double>();
       stage.decode_seconds = s.at("decode_seconds").get<double>();
@@ -148,22 +154,29 @@ nlohmann::json ProfileSummaryToJson(const ProfileSummary& summary) {
          {"mean_generated_tokens", s.mean_generated_tokens},
          {"early_exit_rate", s.early_exit_rate}});
   }
-  return {{"profile", summary.profile},
-          {"n", summary.n},
-          {"labelled", summary.labelled},
-          {"correct", summary.correct},
-          {"accuracy", summary.accuracy},
-          {"accuracy_ci95", IntervalToJson(summary.accuracy_ci)},
-          {"answered", summary.answered},
-          {"answered_rate", summary.answered_rate},
-          {"agree", summary.agree},
-          {"agreement", summary.agreement},
-          {"agreement_ci95", IntervalToJson(summary.agreement_ci)},
-          {"mean_seconds", summary.mean_seconds},
-          {"p90_seconds", summary.p90_seconds},
-          {"speedup", summary.speedup},
-          {"mean_fidelity_seconds", summary.mean_fidelity_seconds},
-          {"stages", std::move(stages)}};
+  return {
+      {"profile", summary.profile},
+      {"n", summary.n},
+      {"labelled", summary.labelled},
+      {"correct", summary.correct},
+      {"accuracy", summary.accuracy},
+      {"accuracy_ci95", IntervalToJson(summary.accuracy_ci)},
+      {"answered", summary.answered},
+      {"answered_rate", summary.answered_rate},
+      {"agree", summary.agree},
+      {"agreement", summary.agreement},
+      {"agreement_ci95", IntervalToJson(summary.agreement_ci)},
+      {"mean_seconds", summary.mean_seconds},
+      {"p90_seconds", summary.p90_seconds},
+      {"speedup", summary.speedup},
+      {"mean_fidelity_seconds", summary.mean_fidelity_seconds},
+      {"latency_measured", summary.latency_measured},
+      {"latency_check",
+       {{"n", summary.latency_check.n},
+        {"mean_abs_relative_error",
+         summary.latency_check.mean_abs_relative_error},
+        {"mean_relative_error", summary.latency_check.mean_relative_error}}},
+      {"stages", std::move(stages)}};
 }
 
 }  // namespace litestage

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
@@ -210,11 +211,56 @@ absl::StatusOr<json> CachingQuestionMeasurer::MeasureQuestion(
     const Configuration& configuration, const std::string& question_id) {
   LS_ASSIGN_OR_RETURN(json key, cache_->Key(configuration, question_id));
   std::optional<json> cached = cache_->Lookup(key);
-  if (cached.has_value()) return *std::move(cached);
+  if (cached.has_value() && (!accept_ || accept_(question_id, *cached))) {
+    return *std::move(cached);
+  }
   LS_ASSIGN_OR_RETURN(json result,
                       inner_->MeasureQuestion(configuration, question_id));
   LS_RETURN_IF_ERROR(cache_->Store(key, result));
   return result;
+}
+
+absl::StatusOr<std::vector<json>> QuestionMeasurer::MeasureQuestions(
+    const Configuration& configuration,
+    absl::Span<const std::string> question_ids) {
+  std::vector<json> results;
+  for (const std::string& id : question_ids) {
+    LS_ASSIGN_OR_RETURN(json result, MeasureQuestion(configuration, id));
+    results.push_back(std::move(result));
+  }
+  return results;
+}
+
+absl::StatusOr<std::vector<json>> CachingQuestionMeasurer::MeasureQuestions(
+    const Configuration& configuration,
+    absl::Span<const std::string> question_ids) {
+  std::vector<json> results(question_ids.size());
+  std::vector<json> keys(question_ids.size());
+  std::vector<size_t> misses;
+  std::vector<std::string> miss_ids;
+  for (size_t i = 0; i < question_ids.size(); ++i) {
+    LS_ASSIGN_OR_RETURN(keys[i], cache_->Key(configuration, question_ids[i]));
+    std::optional<json> cached = cache_->Lookup(keys[i]);
+    if (cached.has_value() && (!accept_ || accept_(question_ids[i], *cached))) {
+      results[i] = *std::move(cached);
+    } else {
+      misses.push_back(i);
+      miss_ids.push_back(question_ids[i]);
+    }
+  }
+  if (misses.empty()) return results;
+  LS_ASSIGN_OR_RETURN(std::vector<json> measured,
+                      inner_->MeasureQuestions(configuration, miss_ids));
+  if (measured.size() != misses.size()) {
+    return absl::InternalError(absl::StrCat("measurer returned ",
+                                            measured.size(), " results for ",
+                                            misses.size(), " questions"));
+  }
+  for (size_t m = 0; m < misses.size(); ++m) {
+    LS_RETURN_IF_ERROR(cache_->Store(keys[misses[m]], measured[m]));
+    results[misses[m]] = std::move(measured[m]);
+  }
+  return results;
 }
 
 absl::StatusOr<QuestionValues> DecodeStandardQuestionResult(
@@ -247,12 +293,28 @@ absl::StatusOr<Measurement> QuestionSetMeasurer::Measure(
   if (question_ids_.empty()) {
     return absl::InvalidArgumentError("no search questions");
   }
+  std::vector<json> results;
+  for (size_t begin = 0; begin < question_ids_.size();
+       begin += static_cast<size_t>(group_size_)) {
+    const size_t end = std::min(question_ids_.size(),
+                                begin + static_cast<size_t>(group_size_));
+    LS_ASSIGN_OR_RETURN(
+        std::vector<json> group,
+        inner_->MeasureQuestions(
+            configuration,
+            absl::MakeConstSpan(question_ids_).subspan(begin, end - begin)));
+    for (json& result : group) results.push_back(std::move(result));
+    if (progress_ != nullptr) {
+      progress_->Question(static_cast<int64_t>(end),
+                          static_cast<int64_t>(question_ids_.size()));
+    }
+  }
+  if (hook_) LS_RETURN_IF_ERROR(hook_(results));
   Measurement measurement;
   measurement.stage_latency_seconds.resize(num_stages_);
-  for (const std::string& id : question_ids_) {
-    LS_ASSIGN_OR_RETURN(json result,
-                        inner_->MeasureQuestion(configuration, id));
-    absl::StatusOr<QuestionValues> values = decode_(result);
+  for (size_t q = 0; q < question_ids_.size(); ++q) {
+    const std::string& id = question_ids_[q];
+    absl::StatusOr<QuestionValues> values = decode_(results[q]);
     if (!values.ok()) {
       return absl::Status(values.status().code(),
                           absl::StrCat("question ", TruncateForMessage(id),
@@ -269,10 +331,6 @@ absl::StatusOr<Measurement> QuestionSetMeasurer::Measure(
     for (size_t s = 0; s < num_stages_; ++s) {
       measurement.stage_latency_seconds[s].push_back(
           values->stage_latency_seconds[s]);
-    }
-    if (progress_ != nullptr) {
-      progress_->Question(static_cast<int64_t>(measurement.metric.size()),
-                          static_cast<int64_t>(question_ids_.size()));
     }
   }
   return measurement;

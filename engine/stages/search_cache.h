@@ -22,12 +22,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "engine/stages/search.h"
 #include "nlohmann/json.hpp"
 
 namespace litestage {
 
-inline constexpr char kSearchCacheSchema[] = "litestage.search-cache/v1";
+inline constexpr char kSearchCacheSchema[] = "litestage.search-cache/v2";
 // Largest cache entry read or written: a per-question result is a few
 // hundred bytes; anything near 1 MiB is not one.
 inline constexpr uint64_t kMaxSearchCacheEntryBytes = uint64_t{1} << 20;
@@ -46,6 +47,12 @@ class QuestionMeasurer {
   virtual ~QuestionMeasurer() = default;
   virtual absl::StatusOr<nlohmann::json> MeasureQuestion(
       const Configuration& configuration, const std::string& question_id) = 0;
+  // Several questions at once, results in the order of `question_ids`
+  // (a measurer that batches them overrides this; the default asks one by
+  // one).
+  virtual absl::StatusOr<std::vector<nlohmann::json>> MeasureQuestions(
+      const Configuration& configuration,
+      absl::Span<const std::string> question_ids);
 };
 
 // Directory of entries, one file per (model fingerprint, pipeline, per-stage
@@ -99,10 +106,21 @@ class CachingQuestionMeasurer : public QuestionMeasurer {
   absl::StatusOr<nlohmann::json> MeasureQuestion(
       const Configuration& configuration,
       const std::string& question_id) override;
+  // The misses go to `inner` together; each is stored as soon as the batch
+  // returns.
+  absl::StatusOr<std::vector<nlohmann::json>> MeasureQuestions(
+      const Configuration& configuration,
+      absl::Span<const std::string> question_ids) override;
+  // An entry `accept` refuses (e.g. one lacking what this run needs) is
+  // measured again and overwritten. Default: every entry is accepted.
+  using EntryFilter = std::function<bool(const std::string& question_id,
+                                         const nlohmann::json& result)>;
+  void set_accept(EntryFilter accept) { accept_ = std::move(accept); }
 
  private:
   SearchCache* cache_;
   QuestionMeasurer* inner_;
+  EntryFilter accept_;
 };
 
 // What the search needs from one question's result.
@@ -136,12 +154,23 @@ class QuestionSetMeasurer : public ConfigurationMeasurer {
   absl::StatusOr<Measurement> Measure(
       const Configuration& configuration) override;
 
-  // Told after every question (not owned; may be null).
+  // Told after every group of questions (not owned; may be null).
   void set_progress(SearchProgress* progress) { progress_ = progress; }
+  // Questions handed to `inner` per MeasureQuestions call (default 1).
+  void set_group_size(int64_t size) { group_size_ = size < 1 ? 1 : size; }
+  // Runs on every question's result of a configuration (question order)
+  // before decoding, for what needs the whole set: litestage-search
+  // predicts batched questions' latency from the measured ones. Results
+  // changed here are not written back to the cache.
+  using ResultSetHook =
+      std::function<absl::Status(std::vector<nlohmann::json>& results)>;
+  void set_result_hook(ResultSetHook hook) { hook_ = std::move(hook); }
 
  private:
   QuestionMeasurer* inner_;
   SearchProgress* progress_ = nullptr;
+  int64_t group_size_ = 1;
+  ResultSetHook hook_;
   std::vector<std::string> question_ids_;
   size_t num_stages_;
   QuestionDecoder decode_;

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -78,11 +79,29 @@ class EngineQuestionMeasurer : public QuestionMeasurer {
   absl::StatusOr<nlohmann::json> MeasureQuestion(
       const Configuration& configuration,
       const std::string& question_key) override;
+  // With batching (set_batching), the latency questions run alone and the
+  // others `batch` at a time through RunReasoningBatch (rows with
+  // latency_measured false: their times are the batch's until
+  // PredictBatchedLatency replaces them); teacher-forced passes are
+  // batched and shared by configurations with the same skip sets (early
+  // exit does not change what a skip set predicts).
+  absl::StatusOr<std::vector<nlohmann::json>> MeasureQuestions(
+      const Configuration& configuration,
+      absl::Span<const std::string> question_keys) override;
+
+  // 0 (default): every question alone. > 0: see MeasureQuestions.
+  void set_batching(int64_t batch, std::set<std::string> latency_keys) {
+    batch_ = batch;
+    latency_keys_ = std::move(latency_keys);
+  }
 
   // full's run of the question: from memory, else the reference cache, else
   // run now (and stored).
   absl::StatusOr<const ReferenceRun*> Reference(
       const std::string& question_key);
+  // Reference() for many questions, the missing ones run together as
+  // MeasureQuestions runs candidates.
+  absl::Status EnsureReferences(absl::Span<const std::string> question_keys);
 
   int64_t full_runs() const { return full_runs_; }            // Engine runs.
   int64_t candidate_runs() const { return candidate_runs_; }  // Engine runs.
@@ -94,7 +113,18 @@ class EngineQuestionMeasurer : public QuestionMeasurer {
   std::map<std::string, QuestionItem> questions_;
   ReasoningRequest base_;
   SearchCache* reference_cache_;
+  // Rows of `profile` on `keys` (cache keys): alone, or batched per
+  // set_batching; `runs` receives the runs.
+  absl::StatusOr<std::vector<QuestionEval>> RunCandidates(
+      const Profile& profile, const std::string& name,
+      absl::Span<const std::string> keys, std::vector<ReasoningResult>* runs);
+
   std::map<std::string, ReferenceRun> references_;
+  int64_t batch_ = 0;
+  std::set<std::string> latency_keys_;
+  // Teacher-forced counts per (skip sets, question key).
+  std::map<std::pair<std::string, std::string>, std::vector<FidelityCount>>
+      fidelity_;
   int64_t full_runs_ = 0;
   int64_t candidate_runs_ = 0;
 };
@@ -109,6 +139,13 @@ const char* SearchMetricName(SearchMetric metric);
 // + token_fidelity) / 2. Latencies: the row's end-to-end and per-stage
 // seconds.
 QuestionDecoder MakeSearchDecoder(SearchMetric metric, size_t num_stages);
+
+// QuestionSetMeasurer's result hook for batched measurement: fits a
+// LatencyModel on the results whose latency was measured alone and
+// overwrites the others' seconds (end to end and per stage) with its
+// prediction. InvalidArgument when some rows are predicted and none is
+// measured.
+absl::Status PredictBatchedLatency(std::vector<nlohmann::json>& results);
 
 }  // namespace litestage
 

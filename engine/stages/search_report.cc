@@ -150,6 +150,13 @@ json SearchProvenanceJson(const std::vector<std::string>& stage_names,
               {"epsilon", info.epsilon},
               {"max_skip", info.max_skip},
               {"dataset", info.dataset},
+              {"latency",
+               {{"batch", info.batch},
+                {"measured_alone",
+                 info.batch > 0
+                     ? std::min<int64_t>(info.latency_questions,
+                                         info.search_question_ids.size())
+                     : static_cast<int64_t>(info.search_question_ids.size())}}},
               {"calibration_questions", info.calibration_question_ids},
               {"search_questions", info.search_question_ids},
               {"full_metric", result.full_metric},

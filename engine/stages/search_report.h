@@ -37,10 +37,16 @@ struct SearchRecordInfo {
   std::vector<std::string> calibration_question_ids;
   std::vector<std::string> search_question_ids;
   std::string dataset;  // Path or name of the question set.
+  // How latency was obtained: the first `latency_questions` search
+  // questions measured alone, the others run `batch` at a time with latency
+  // predicted from those (batch 0: every question measured alone).
+  int64_t batch = 0;
+  int64_t latency_questions = 0;
 };
 
 // The profile's provenance.search object: {"metric", "epsilon", "max_skip",
-// "dataset", "calibration_questions", "search_questions", "full_metric",
+// "dataset", "latency": {"batch", "measured_alone"},
+// "calibration_questions", "search_questions", "full_metric",
 // "target", "order": [stage names], "chosen": {stage: {"k", "early_exit"}},
 // "measurements", "table": [one object per row: phase, stage, k,
 // early_exit, configuration, metric, metric_ci, latency_seconds,

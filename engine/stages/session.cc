@@ -237,6 +237,66 @@ absl::StatusOr<ReasoningResult> RunReasoning(Engine& engine,
   return session.TakeResult();
 }
 
+absl::StatusOr<std::vector<ReasoningResult>> RunReasoningBatch(
+    Engine& engine, const Pipeline& pipeline, const Profile& profile,
+    absl::Span<const ReasoningRequest> requests) {
+  std::vector<ReasoningSession> sessions;
+  sessions.reserve(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    absl::StatusOr<ReasoningSession> session =
+        ReasoningSession::Create(engine, pipeline, profile, requests[i]);
+    if (!session.ok()) {
+      return absl::Status(
+          session.status().code(),
+          absl::StrCat("request ", i, ": ", session.status().message()));
+    }
+    sessions.push_back(*std::move(session));
+  }
+  for (size_t stage = 0; stage < pipeline.stages.size(); ++stage) {
+    std::vector<GenerationRequest> batch;
+    std::vector<size_t> first;  // [sessions + 1] offsets into batch
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      LS_CHECK_EQ(sessions[i].next_stage(), stage);
+      absl::StatusOr<std::vector<GenerationRequest>> stage_requests =
+          sessions[i].StageRequests();
+      if (!stage_requests.ok()) {
+        return absl::Status(stage_requests.status().code(),
+                            absl::StrCat("request ", i, ": ",
+                                         stage_requests.status().message()));
+      }
+      first.push_back(batch.size());
+      for (GenerationRequest& r : *stage_requests) {
+        // One group: the scheduler picks, per sequence, the earlier one it
+        // shares the longest prefix with.
+        r.prefix_group = 1;
+        batch.push_back(std::move(r));
+      }
+    }
+    first.push_back(batch.size());
+    const Clock::time_point start = Clock::now();
+    LS_ASSIGN_OR_RETURN(std::vector<GenerationResult> results,
+                        engine.GenerateBatch(batch));
+    const double seconds =
+        std::chrono::duration<double>(Clock::now() - start).count();
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      std::vector<GenerationResult> own;
+      std::vector<std::vector<int32_t>> prompt_token_ids;
+      for (size_t k = first[i]; k < first[i + 1]; ++k) {
+        own.push_back(std::move(results[k]));
+        prompt_token_ids.push_back(std::move(batch[k].prompt_tokens));
+      }
+      sessions[i].FinishStage(std::move(own), seconds,
+                              std::move(prompt_token_ids));
+    }
+  }
+  std::vector<ReasoningResult> out;
+  out.reserve(sessions.size());
+  for (ReasoningSession& session : sessions) {
+    out.push_back(session.TakeResult());
+  }
+  return out;
+}
+
 namespace {
 
 nlohmann::json SublayersToJson(const SublayerCounts& counts) {

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "engine/engine.h"
 #include "engine/stages/pipeline.h"
 #include "engine/stages/profile.h"
@@ -150,6 +151,19 @@ class ReasoningSession {
 absl::StatusOr<ReasoningResult> RunReasoning(
     Engine& engine, const Pipeline& pipeline, const Profile& profile,
     const ReasoningRequest& request, const StageTextCallback& on_text = {});
+
+// Runs many requests stage by stage (offline evaluation): each stage of
+// every request goes into one GenerateBatch, all sharing prompt-prefix KV
+// (the few-shot prefix once for all questions, each question's prefix once
+// for its branches). Token for token the results of RunReasoning on each
+// request alone (the kernels compute every row independently of the batch;
+// tested), but timings are the batch's: every stage record's seconds is the
+// whole batch's wall time for the stage, not what one request would see.
+// Sessions are created first, so a bad request fails the call before
+// anything runs, naming its index.
+absl::StatusOr<std::vector<ReasoningResult>> RunReasoningBatch(
+    Engine& engine, const Pipeline& pipeline, const Profile& profile,
+    absl::Span<const ReasoningRequest> requests);
 
 // The result as JSON: {"stages": [record...], "answer", "answer_index",
 // "answer_text", "choices", "seconds", "prompt_tokens", "generated_tokens",

@@ -41,6 +41,9 @@ inline constexpr int64_t kMaxTopKFlag = int64_t{1} << 20;
 inline constexpr double kMaxEarlyExitThresholdFlag = 1e6;
 // Counts of items or repetitions (questions, requests, benchmark reps).
 inline constexpr int64_t kMaxCountFlag = int64_t{1} << 20;
+// --batch of litestage-eval and litestage-search (questions per batched
+// run): beyond a few dozen the KV cache, not the weights, bounds a batch.
+inline constexpr int64_t kMaxEvalBatchFlag = 1024;
 inline constexpr double kMaxDurationSeconds = 86400;
 
 // OK when lo <= value <= hi; otherwise InvalidArgument

@@ -140,6 +140,9 @@ int_flag litestage-eval offset 0 1048576
 int_flag litestage-eval calibration 0 1048576
 int_flag litestage-eval threads 0 1024
 int_flag litestage-eval max-new-tokens 0 1048576
+int_flag litestage-eval batch 0 1024
+int_flag litestage-eval latency-questions 1 1048576
+int_flag litestage-eval kv-cache-tokens 0 1073741824
 
 # litestage-search (--max-skip's model bound, 2 * layers, is checked after
 # loading; the list flags are checked per element)
@@ -151,6 +154,9 @@ int_flag litestage-search seed -1 4294967295
 int_flag litestage-search offset 0 1048576
 int_flag litestage-search threads 0 1024
 int_flag litestage-search max-new-tokens 0 1048576
+int_flag litestage-search batch 0 1024
+int_flag litestage-search latency-questions 1 1048576
+int_flag litestage-search kv-cache-tokens 1 1073741824
 expect_accepted litestage-search early-exit-windows 1,4096
 for value in 0 4097 -1 4,abc 1e300 nan; do
   expect_rejected litestage-search early-exit-windows "$value"

@@ -143,6 +143,55 @@ TEST_F(EvalCliTest, EveryProfileKindOnThreeObqaQuestions) {
   EXPECT_EQ(std::count(questions.begin(), questions.end(), '\n'), 16);
 }
 
+// Batched: the same answers, token counts and fidelity as one request at a
+// time; latency measured on the first question, predicted for the others,
+// and the table says so.
+TEST_F(EvalCliTest, BatchedRunKeepsTheOutputs) {
+  const std::string log = dir_.path() + "/stderr.txt";
+  const std::string profiles = " --profiles full,last:1 --progress=false";
+  const CommandResult alone =
+      RunCommand(Command("--limit 3 --json" + profiles), log);
+  ASSERT_EQ(alone.exit_code, 0) << ReadFile(log);
+  const CommandResult batched =
+      RunCommand(Command("--limit 3 --json --batch 2 --latency-questions 1 "
+                         "--kv-cache-tokens 8192" +
+                         profiles),
+                 log);
+  ASSERT_EQ(batched.exit_code, 0) << ReadFile(log);
+  const nlohmann::json a = nlohmann::json::parse(alone.output, nullptr, false);
+  const nlohmann::json b =
+      nlohmann::json::parse(batched.output, nullptr, false);
+  ASSERT_FALSE(a.is_discarded() || b.is_discarded());
+  EXPECT_EQ(b["batch"], 2);
+  EXPECT_EQ(b["latency_questions"], 1);
+  ASSERT_EQ(a["rows"].size(), 6u);
+  ASSERT_EQ(b["rows"].size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    const nlohmann::json& x = a["rows"][i];
+    const nlohmann::json& y = b["rows"][i];
+    EXPECT_EQ(x["question_id"], y["question_id"]);
+    EXPECT_EQ(x["answer_index"], y["answer_index"]) << i;
+    EXPECT_EQ(y["latency_measured"], x["question_id"] == a["question_ids"][0])
+        << i;
+    for (size_t s = 0; s < 3; ++s) {
+      for (const char* field :
+           {"generated_tokens", "prefill_tokens", "fidelity_hits"}) {
+        EXPECT_EQ(x["stages"][s][field], y["stages"][s][field])
+            << i << " " << s << " " << field;
+      }
+    }
+  }
+  for (const nlohmann::json& s : b["profiles"]) {
+    EXPECT_EQ(s["latency_measured"], 1);
+    EXPECT_GT(s["mean_seconds"].get<double>(), 0);
+  }
+  const CommandResult table = RunCommand(
+      Command("--limit 3 --batch 2 --latency-questions 2" + profiles), log);
+  ASSERT_EQ(table.exit_code, 0) << ReadFile(log);
+  EXPECT_THAT(table.output, HasSubstr("predicted for the rest"));
+  EXPECT_THAT(table.output, HasSubstr("measured    2 of    3"));
+}
+
 TEST_F(EvalCliTest, TableAndErrors) {
   const std::string log = dir_.path() + "/stderr.txt";
   const CommandResult table =

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/stages/tiny_pipeline.h"
@@ -244,6 +245,233 @@ TEST(EvaluationTest, EvaluateProfilesFullIsExactlyFaithfulToItself) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+std::vector<QuestionItem> SharedPrefixItems() {
+  // A long common prefix, as a few-shot prompt gives every question.
+  const std::string context =
+      "Everything here starts the same way, with a sentence long enough to "
+      "fill several cache blocks before the question itself begins. ";
+  std::vector<QuestionItem> items;
+  const std::vector<std::vector<std::string>> choices = {
+      {"stone", "apple", "chair"},
+      {"bird", "rock"},
+      {"one", "two", "three", "four", "five"},
+      {"red", "green", "blue", "black"},
+      {"up", "down"}};
+  for (size_t q = 0; q < choices.size(); ++q) {
+    QuestionItem item;
+    item.id = absl::StrCat("q", q);
+    item.question = absl::StrCat(context, "Question ", q, "?");
+    item.choices = choices[q];
+    item.answer = q % choices[q].size();
+    items.push_back(item);
+  }
+  return items;
+}
+
+// Batched teacher forcing counts exactly what the per-question pass counts,
+// for a skip profile and for full (1.0).
+TEST(EvaluationTest, BatchedFidelityEqualsPerQuestionFidelity) {
+  std::unique_ptr<Engine> engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const Pipeline pipeline = ShortPipeline(8, 6, 7);
+  const int64_t layers = engine->config().num_hidden_layers;
+  auto full = BuiltinProfile("full", layers);
+  auto skip = BuiltinProfile("even:1", layers);
+  ASSERT_TRUE(full.ok() && skip.ok());
+  std::vector<ReferenceTokens> references;
+  for (const QuestionItem& item : SharedPrefixItems()) {
+    auto run = RunReasoning(*engine, pipeline, *full, RequestForItem(item, {}));
+    ASSERT_TRUE(run.ok()) << run.status();
+    auto tokens = ReferenceTokensFromRun(*run);
+    ASSERT_TRUE(tokens.ok());
+    references.push_back(*tokens);
+  }
+  std::vector<const ReferenceTokens*> pointers;
+  for (const ReferenceTokens& r : references) pointers.push_back(&r);
+  for (const Profile* profile : {&*full, &*skip}) {
+    auto batched =
+        BatchTeacherForcedFidelity(*engine, pipeline, *profile, pointers);
+    ASSERT_TRUE(batched.ok()) << batched.status();
+    ASSERT_EQ(batched->size(), references.size());
+    int64_t hits = 0, total = 0;
+    for (size_t q = 0; q < references.size(); ++q) {
+      auto alone =
+          TeacherForcedFidelity(*engine, pipeline, *profile, references[q]);
+      ASSERT_TRUE(alone.ok());
+      ASSERT_EQ((*batched)[q].size(), alone->size());
+      for (size_t s = 0; s < alone->size(); ++s) {
+        EXPECT_EQ((*batched)[q][s].hits, (*alone)[s].hits) << q << "/" << s;
+        EXPECT_EQ((*batched)[q][s].total, (*alone)[s].total) << q << "/" << s;
+        hits += (*alone)[s].hits;
+        total += (*alone)[s].total;
+      }
+    }
+    EXPECT_GT(total, 0);
+    if (profile == &*full) {
+      EXPECT_EQ(hits, total);
+    }
+  }
+  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+}
+
+// The prompt tokens a lone run computes, replayed from a batched run's
+// prompt ids, equal what RunReasoning reports (prompt - cached).
+TEST(EvaluationTest, AloneFillTokensReplaysALoneRun) {
+  std::unique_ptr<Engine> engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const Pipeline pipeline = ShortPipeline(4, 3, 3);
+  auto profile = BuiltinProfile("full", engine->config().num_hidden_layers);
+  ASSERT_TRUE(profile.ok());
+  const std::vector<QuestionItem> items = SharedPrefixItems();
+  std::vector<ReasoningRequest> requests;
+  for (const QuestionItem& item : items) {
+    requests.push_back(RequestForItem(item, {}));
+  }
+  auto batched = RunReasoningBatch(*engine, pipeline, *profile, requests);
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  const int64_t block_size = engine->backend().kv_blocks().block_size();
+  int64_t cross_question_cached = 0;
+  for (size_t q = 0; q < items.size(); ++q) {
+    auto alone = RunReasoning(*engine, pipeline, *profile, requests[q]);
+    ASSERT_TRUE(alone.ok());
+    for (size_t s = 0; s < pipeline.stages.size(); ++s) {
+      const StageRecord& a = alone->stages[s];
+      const bool fan_out = pipeline.stages[s].fan_out;
+      EXPECT_EQ(AloneFillTokens(a, fan_out, block_size),
+                a.prompt_tokens - a.cached_prompt_tokens);
+      EXPECT_EQ(AloneFillTokens((*batched)[q].stages[s], fan_out, block_size),
+                a.prompt_tokens - a.cached_prompt_tokens)
+          << q << "/" << s;
+      cross_question_cached +=
+          (*batched)[q].stages[s].cached_prompt_tokens - a.cached_prompt_tokens;
+    }
+  }
+  EXPECT_GT(cross_question_cached, 0);  // the batch did share across questions
+}
+
+QuestionEval TimedRow(const std::string& id, double prefill_seconds,
+                      int64_t prefill_tokens, double decode_seconds,
+                      int64_t decode_tokens) {
+  QuestionEval row;
+  row.profile = "p";
+  row.question_id = id;
+  StageEval stage;
+  stage.name = "only";
+  stage.prefill_seconds = prefill_seconds;
+  stage.decode_seconds = decode_seconds;
+  stage.seconds = prefill_seconds + decode_seconds;
+  stage.prefill_tokens = prefill_tokens;
+  stage.decode_tokens = decode_tokens;
+  row.seconds = stage.seconds;
+  row.stages.push_back(stage);
+  return row;
+}
+
+// Costs are summed seconds over summed tokens; predictions multiply them
+// back; the two-fold check predicts each half from the other.
+TEST(EvaluationTest, LatencyModelFitsPredictsAndChecks) {
+  const QuestionEval a = TimedRow("a", 1.0, 100, 0.5, 10);
+  const QuestionEval b = TimedRow("b", 3.0, 200, 1.5, 20);
+  auto model = FitLatencyModel({&a, &b});
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_EQ(model->stages.size(), 1u);
+  EXPECT_DOUBLE_EQ(model->stages[0].prefill_seconds_per_token, 4.0 / 300);
+  EXPECT_DOUBLE_EQ(model->stages[0].decode_seconds_per_token, 2.0 / 30);
+  QuestionEval c = TimedRow("c", 0, 30, 0, 3);
+  ASSERT_TRUE(ApplyLatencyModel(*model, &c).ok());
+  EXPECT_FALSE(c.latency_measured);
+  EXPECT_DOUBLE_EQ(c.stages[0].prefill_seconds, 0.4);
+  EXPECT_DOUBLE_EQ(c.stages[0].decode_seconds, 0.2);
+  EXPECT_DOUBLE_EQ(c.seconds, 0.6);
+  // Fold 1 predicts a from b: 100 * 3/200 + 10 * 1.5/20 = 2.25 (a: 1.5);
+  // fold 2 predicts b from a: 200 * 1/100 + 20 * 0.5/10 = 3.0 (b: 4.5).
+  auto check = CrossValidateLatencyModel({&a, &b});
+  ASSERT_TRUE(check.ok());
+  EXPECT_EQ(check->n, 2);
+  EXPECT_DOUBLE_EQ(check->mean_abs_relative_error,
+                   (0.75 / 1.5 + 1.5 / 4.5) / 2);
+  EXPECT_DOUBLE_EQ(check->mean_relative_error, (5.25 - 6.0) / 6.0);
+  // Fewer than two rows: nothing to check; none, or a predicted one: no fit.
+  auto one = CrossValidateLatencyModel({&a});
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one->n, 0);
+  EXPECT_FALSE(FitLatencyModel({}).ok());
+  EXPECT_FALSE(FitLatencyModel({&c}).ok());
+  QuestionEval two_stages = a;
+  two_stages.stages.push_back(a.stages[0]);
+  EXPECT_FALSE(ApplyLatencyModel(*model, &two_stages).ok());
+}
+
+// Batched evaluation: the same answers, token counts and fidelity as one
+// request at a time; latency measured on the first questions and predicted
+// (from per-token costs) for the rest, with the check reported.
+TEST(EvaluationTest, BatchedEvaluationKeepsEveryOutput) {
+  std::unique_ptr<Engine> engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const Pipeline pipeline = ShortPipeline(8, 6, 7);
+  const int64_t layers = engine->config().num_hidden_layers;
+  std::vector<Profile> profiles;
+  const std::vector<std::string> names = {"full", "even:1", "full@ee"};
+  for (const std::string spec : {"full", "even:1"}) {
+    auto profile = BuiltinProfile(spec, layers);
+    ASSERT_TRUE(profile.ok());
+    profiles.push_back(*profile);
+  }
+  profiles.push_back(profiles[0]);
+  for (const PipelineStage& stage : pipeline.stages) {
+    profiles[2].stages[stage.name].early_exit =
+        EarlyExitConfig{.window = 3, .threshold = 0.5};
+  }
+  const std::vector<QuestionItem> items = SharedPrefixItems();
+  auto alone = EvaluateProfiles(*engine, pipeline, profiles, names, items, {});
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EvaluationOptions options;
+  options.batch = 2;
+  options.latency_questions = 2;
+  int64_t last_done = 0;
+  auto batched = EvaluateProfiles(*engine, pipeline, profiles, names, items,
+                                  options, [&](int64_t done, int64_t total) {
+                                    EXPECT_GT(done, last_done);
+                                    EXPECT_EQ(total, 15);
+                                    last_done = done;
+                                  });
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  EXPECT_EQ(last_done, 15);
+  for (size_t p = 0; p < profiles.size(); ++p) {
+    SCOPED_TRACE(names[p]);
+    for (size_t q = 0; q < items.size(); ++q) {
+      const QuestionEval& a = alone->rows[p][q];
+      const QuestionEval& b = batched->rows[p][q];
+      EXPECT_EQ(a.question_id, b.question_id);
+      EXPECT_EQ(a.answer_index, b.answer_index) << q;
+      EXPECT_TRUE(b.fidelity_measured);
+      EXPECT_EQ(b.latency_measured, q < 2) << q;
+      ASSERT_EQ(a.stages.size(), b.stages.size());
+      for (size_t s = 0; s < a.stages.size(); ++s) {
+        EXPECT_EQ(a.stages[s].generated_tokens, b.stages[s].generated_tokens);
+        EXPECT_EQ(a.stages[s].prompt_tokens, b.stages[s].prompt_tokens);
+        EXPECT_EQ(a.stages[s].prefill_tokens, b.stages[s].prefill_tokens);
+        EXPECT_EQ(a.stages[s].decode_tokens, b.stages[s].decode_tokens);
+        EXPECT_EQ(a.stages[s].fidelity.hits, b.stages[s].fidelity.hits);
+        EXPECT_EQ(a.stages[s].fidelity.total, b.stages[s].fidelity.total);
+        EXPECT_EQ(a.stages[s].early_exit_fired, b.stages[s].early_exit_fired);
+      }
+      EXPECT_GT(b.seconds, 0) << q;
+    }
+    const ProfileSummary& summary = batched->summaries[p];
+    EXPECT_EQ(summary.latency_measured, 2);
+    EXPECT_EQ(summary.latency_check.n, 2);
+    EXPECT_EQ(summary.agree, alone->summaries[p].agree);
+    EXPECT_EQ(alone->summaries[p].latency_measured, 5);
+    EXPECT_EQ(alone->summaries[p].latency_check.n, 0);
+  }
+  options.latency_questions = 0;
+  EXPECT_EQ(EvaluateProfiles(*engine, pipeline, profiles, names, items, options)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // Reference values from the Wilson formula with z = 1.959964:
 //   center = (p + z^2/2n) / (1 + z^2/n),
 //   half   = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2).
@@ -447,6 +675,15 @@ TEST(EvaluationTest, RowJsonRoundTrip) {
   EXPECT_EQ(back->stages[0].fidelity.total, 9);
   EXPECT_TRUE(back->fidelity_measured);
   EXPECT_FALSE(QuestionEvalFromJson(nlohmann::json::parse("{}")).ok());
+  QuestionEval predicted = row;
+  predicted.latency_measured = false;
+  predicted.stages[0].prefill_tokens = 12;
+  predicted.stages[0].decode_tokens = 3;
+  auto predicted_back = QuestionEvalFromJson(QuestionEvalToJson(predicted));
+  ASSERT_TRUE(predicted_back.ok());
+  EXPECT_FALSE(predicted_back->latency_measured);
+  EXPECT_EQ(predicted_back->stages[0].prefill_tokens, 12);
+  EXPECT_EQ(predicted_back->stages[0].decode_tokens, 3);
   nlohmann::json broken = QuestionEvalToJson(row);
   broken["stages"][0].erase("fidelity_hits");
   EXPECT_FALSE(QuestionEvalFromJson(broken).ok());

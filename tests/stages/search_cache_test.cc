@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/common/scoped_temp_dir.h"
@@ -302,6 +303,67 @@ TEST(SearchCacheTest, QuestionSetMeasurerReportsEveryQuestion) {
               ::testing::ElementsAre("1/4", "2/4", "3/4", "4/4"));
   EXPECT_THAT(m->metric, ::testing::ElementsAre(1, 1, 1, 1));
   EXPECT_EQ(m->stage_latency_seconds[0].size(), 4u);
+}
+
+// A measurer that records how questions are handed to it in groups.
+class GroupRecorder : public FakeEngine {
+ public:
+  absl::StatusOr<std::vector<json>> MeasureQuestions(
+      const Configuration& c, absl::Span<const std::string> ids) override {
+    groups.push_back(absl::StrJoin(ids, ","));
+    return QuestionMeasurer::MeasureQuestions(c, ids);
+  }
+  std::vector<std::string> groups;
+};
+
+// Groups of questions go to the measurer together, progress follows each
+// group, and the result hook sees every result before decoding.
+TEST(SearchCacheTest, QuestionSetMeasurerHandsOutGroupsAndRunsTheHook) {
+  GroupRecorder engine;
+  QuestionSetMeasurer measurer(&engine, kQuestions, 2);
+  measurer.set_group_size(3);
+  int hook_calls = 0;
+  measurer.set_result_hook([&](std::vector<json>& results) {
+    ++hook_calls;
+    EXPECT_EQ(results.size(), kQuestions.size());
+    results[1]["latency_seconds"] = 9.0;  // what a latency model would do
+    return absl::OkStatus();
+  });
+  absl::StatusOr<Measurement> m =
+      measurer.Measure(Configuration{{StageSetting{1, {}}, StageSetting{}}});
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_THAT(engine.groups, ::testing::ElementsAre("q0,q1,q2", "q3"));
+  EXPECT_EQ(hook_calls, 1);
+  EXPECT_EQ(m->latency_seconds[1], 9.0);
+  measurer.set_result_hook(
+      [](std::vector<json>&) { return absl::InternalError("no model"); });
+  EXPECT_EQ(measurer.Measure(Configuration{{StageSetting{}, StageSetting{}}})
+                .status()
+                .code(),
+            absl::StatusCode::kInternal);
+}
+
+// Cache misses go to the inner measurer as one group; entries the filter
+// refuses are measured again and overwritten.
+TEST(SearchCacheTest, CachingMeasurerBatchesMissesAndFiltersEntries) {
+  ScopedTempDir dir("search_cache");
+  absl::StatusOr<SearchCache> cache =
+      SearchCache::Open(dir.path(), TwoStageSpace());
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  GroupRecorder engine;
+  CachingQuestionMeasurer caching(&*cache, &engine);
+  const Configuration c{{StageSetting{1, {}}, StageSetting{}}};
+  ASSERT_TRUE(caching.MeasureQuestions(c, {kQuestions[1]}).ok());
+  auto all = caching.MeasureQuestions(c, kQuestions);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_THAT(engine.groups, ::testing::ElementsAre("q1", "q0,q2,q3"));
+  ASSERT_EQ(all->size(), 4u);
+  EXPECT_EQ((*all)[1]["answer"], "A");
+  caching.set_accept(
+      [](const std::string& id, const json&) { return id != "q2"; });
+  ASSERT_TRUE(caching.MeasureQuestions(c, kQuestions).ok());
+  EXPECT_EQ(engine.groups.back(), "q2");
+  EXPECT_EQ(engine.groups.size(), 3u);
 }
 
 TEST(SearchCacheTest, WriteFileAtomicallyReplaces) {

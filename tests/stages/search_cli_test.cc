@@ -73,7 +73,8 @@ class SearchCliTest : public ::testing::Test {
     return "'" + bin_ + "/litestage-search' --model '" + model_ +
            "' --pipeline '" + pipeline_ + "' --dataset '" + dataset_ +
            "' --calibration 2 --search 3 --max-skip 2 --metric fidelity "
-           "--epsilon 0.5 --threads 2 --max-new-tokens 24 --out '" +
+           "--epsilon 0.5 --threads 2 --max-new-tokens 24 --batch 2 "
+           "--latency-questions 1 --out '" +
            profile_ + "' --report-dir '" + report_ + "'";
   }
 
@@ -113,6 +114,9 @@ TEST_F(SearchCliTest, ProfileCacheEvalAndServer) {
   EXPECT_EQ(search["metric"], "fidelity");
   EXPECT_EQ(search["epsilon"], 0.5);
   EXPECT_EQ(search["max_skip"], 2);
+  // One question measured alone, the other two batched and predicted.
+  EXPECT_EQ(search["latency"]["batch"], 2);
+  EXPECT_EQ(search["latency"]["measured_alone"], 1);
   ASSERT_EQ(search["calibration_questions"].size(), 2u);
   ASSERT_EQ(search["search_questions"].size(), 3u);
   std::set<std::string> ids;

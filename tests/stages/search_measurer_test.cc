@@ -3,9 +3,15 @@
 // The engine side runs end to end in search_cli_test.cc.
 #include "engine/stages/search_measurer.h"
 
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/stages/tiny_pipeline.h"
 
 namespace litestage {
 namespace {
@@ -116,6 +122,98 @@ TEST(ReferenceRunTest, JsonRoundTrip) {
   ASSERT_EQ(back->tokens.stages.size(), 2u);
   EXPECT_EQ(back->tokens.stages[1][1].generated, std::vector<int32_t>{8});
   EXPECT_FALSE(ReferenceRunFromJson({{"row", 1}}).ok());
+}
+
+// The engine measurer batched (latency questions alone, the rest
+// together, teacher forcing batched and shared across early exits) gives
+// the same outputs, agreement and fidelity as measuring every question
+// alone; PredictBatchedLatency then fills the batched rows' latency.
+TEST(EngineQuestionMeasurerTest, BatchedEqualsAloneAndLatencyIsPredicted) {
+  std::unique_ptr<Engine> engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const Pipeline pipeline = ShortPipeline(6, 5, 5);
+  SearchSpace space;
+  space.model = engine->fingerprint();
+  space.pipeline = pipeline.name;
+  for (const PipelineStage& stage : pipeline.stages) {
+    space.stage_names.push_back(stage.name);
+  }
+  space.num_layers = engine->config().num_hidden_layers;
+  space.ranking = {{SublayerKind::kMlp, 1},
+                   {SublayerKind::kAttention, 0},
+                   {SublayerKind::kMlp, 0},
+                   {SublayerKind::kAttention, 1}};
+  std::vector<QuestionItem> items;
+  std::vector<std::string> keys;
+  for (int q = 0; q < 5; ++q) {
+    QuestionItem item;
+    item.id = absl::StrCat("q", q);
+    item.question = absl::StrCat(
+        "A long shared preamble that every question starts with, so that "
+        "batched runs share its cache blocks. Question ",
+        q, "?");
+    item.choices = {"yes", "no", "maybe"};
+    item.answer = 0;
+    items.push_back(item);
+    keys.push_back(QuestionCacheKey(item));
+  }
+  EngineQuestionMeasurer alone(engine.get(), &pipeline, space, items, {},
+                               nullptr);
+  EngineQuestionMeasurer batched(engine.get(), &pipeline, space, items, {},
+                                 nullptr);
+  batched.set_batching(2, {keys[0], keys[1]});
+  Configuration skip{std::vector<StageSetting>(3)};
+  skip.stages[1].skip = 2;
+  Configuration skip_ee = skip;
+  skip_ee.stages[1].early_exit = EarlyExitConfig{.window = 3, .threshold = 0.5};
+  const Configuration full{std::vector<StageSetting>(3)};
+  for (const Configuration& c : {full, skip, skip_ee}) {
+    SCOPED_TRACE(ConfigurationName(c));
+    auto a = alone.MeasureQuestions(c, keys);
+    auto b = batched.MeasureQuestions(c, keys);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    for (size_t q = 0; q < keys.size(); ++q) {
+      for (const char* field :
+           {"answer_index", "agrees_with_full", "token_fidelity", "correct"}) {
+        EXPECT_EQ((*a)[q][field], (*b)[q][field]) << q << " " << field;
+      }
+      EXPECT_EQ((*b)[q]["latency_measured"].get<bool>(), q < 2) << q;
+      for (size_t s = 0; s < 3; ++s) {
+        for (const char* field : {"generated_tokens", "prefill_tokens",
+                                  "decode_tokens", "fidelity_hits"}) {
+          EXPECT_EQ((*a)[q]["stages"][s][field], (*b)[q]["stages"][s][field])
+              << q << " " << s << " " << field;
+        }
+      }
+    }
+    std::vector<nlohmann::json> results = *b;
+    ASSERT_TRUE(PredictBatchedLatency(results).ok());
+    auto model_rows = [&](size_t q) {
+      auto row = QuestionEvalFromJson(results[q]);
+      EXPECT_TRUE(row.ok());
+      return *row;
+    };
+    for (size_t q = 2; q < keys.size(); ++q) {
+      const QuestionEval row = model_rows(q);
+      EXPECT_FALSE(row.latency_measured);
+      double sum = 0;
+      for (const StageEval& stage : row.stages) sum += stage.seconds;
+      EXPECT_NEAR(row.seconds, sum, 1e-12);
+      EXPECT_GT(row.seconds, 0);
+    }
+    // Measured rows are left as measured.
+    EXPECT_EQ(results[0]["seconds"], (*b)[0]["seconds"]);
+  }
+  // One teacher-forced pass per skip-set combination and question: the
+  // early-exit configuration reused the skip one's.
+  EXPECT_EQ(batched.full_runs(), 5);
+  // Rows predicted with nothing measured to fit on: an error.
+  std::vector<nlohmann::json> unfit;
+  nlohmann::json row = QuestionEvalToJson(QuestionEval{});
+  row["latency_measured"] = false;
+  unfit.push_back(row);
+  EXPECT_FALSE(PredictBatchedLatency(unfit).ok());
 }
 
 }  // namespace

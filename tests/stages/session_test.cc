@@ -32,9 +32,12 @@ ReasoningRequest Question() {
   return request;
 }
 
-// The invariants every result must keep, whatever the profile.
+// The invariants every result must keep, whatever the profile. `batched`:
+// from RunReasoningBatch, where any stage may take prefix KV from another
+// request.
 void ExpectConsistentRecords(const ReasoningResult& result,
-                             const Pipeline& pipeline, int64_t layers) {
+                             const Pipeline& pipeline, int64_t layers,
+                             bool batched = false) {
   ASSERT_EQ(result.stages.size(), pipeline.stages.size());
   int64_t prompt_tokens = 0, generated_tokens = 0;
   for (size_t s = 0; s < result.stages.size(); ++s) {
@@ -53,7 +56,7 @@ void ExpectConsistentRecords(const ReasoningResult& result,
       branch_cached += branch.cached_prompt_tokens;
     }
     EXPECT_EQ(stage.cached_prompt_tokens, branch_cached);
-    if (!spec.fan_out) {
+    if (!spec.fan_out && !batched) {
       EXPECT_EQ(stage.cached_prompt_tokens, 0);
     }
     EXPECT_EQ(stage.prompt_tokens, branch_prompt);
@@ -243,6 +246,77 @@ TEST(SessionTest, FanOutPrefixSharingChangesNothingButWork) {
   for (size_t s = 0; s < shared->stages.size(); ++s) {
     EXPECT_EQ(shared->stages[s].output, recomputed->stages[s].output);
   }
+}
+
+// Questions behind one long common prefix (a few-shot prompt), 2 to 5
+// choices, one with an early exit: run together, each gets token for token
+// what it gets alone, and later questions take the common prefix from the
+// first instead of computing it.
+TEST(SessionTest, BatchedRequestsEqualRunningEachAlone) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const Pipeline pipeline = ShortPipeline(6, 5, 7);
+  const int64_t layers = engine->config().num_hidden_layers;
+  const std::string context =
+      "Read this first, it is the same for every question: the quick brown "
+      "fox jumps over the lazy dog, and then it runs far away. ";
+  std::vector<ReasoningRequest> requests;
+  const std::vector<std::vector<std::string>> choices = {
+      {"stone", "apple"},
+      {"red", "green", "blue"},
+      {"one", "two", "three", "four"},
+      {"a", "b", "c", "d", "e"}};
+  for (size_t q = 0; q < choices.size(); ++q) {
+    ReasoningRequest request;
+    request.question = absl::StrCat(context, "Question number ", q, "?");
+    request.choices = choices[q];
+    requests.push_back(request);
+  }
+  requests[2].early_exit_override =
+      EarlyExitConfig{.window = 3, .threshold = 1};
+  for (const char* spec : {"full", "last:1"}) {
+    SCOPED_TRACE(spec);
+    const Profile profile = Builtin(spec, layers);
+    auto batched = RunReasoningBatch(*engine, pipeline, profile, requests);
+    ASSERT_TRUE(batched.ok()) << batched.status();
+    ASSERT_EQ(batched->size(), requests.size());
+    for (size_t q = 0; q < requests.size(); ++q) {
+      SCOPED_TRACE(q);
+      auto alone = RunReasoning(*engine, pipeline, profile, requests[q]);
+      ASSERT_TRUE(alone.ok()) << alone.status();
+      const ReasoningResult& together = (*batched)[q];
+      ExpectConsistentRecords(together, pipeline, layers, /*batched=*/true);
+      EXPECT_EQ(together.answer_index, alone->answer_index);
+      ASSERT_EQ(together.stages.size(), alone->stages.size());
+      for (size_t s = 0; s < together.stages.size(); ++s) {
+        const StageRecord& a = together.stages[s];
+        const StageRecord& b = alone->stages[s];
+        EXPECT_EQ(a.output, b.output);
+        EXPECT_EQ(a.early_exits, b.early_exits);
+        ASSERT_EQ(a.branches.size(), b.branches.size());
+        for (size_t k = 0; k < a.branches.size(); ++k) {
+          EXPECT_EQ(a.branches[k].generated_token_ids,
+                    b.branches[k].generated_token_ids);
+          EXPECT_EQ(a.branches[k].prompt_token_ids,
+                    b.branches[k].prompt_token_ids);
+          EXPECT_EQ(a.branches[k].finish_reason, b.branches[k].finish_reason);
+          EXPECT_EQ(a.branches[k].token_max_prob, b.branches[k].token_max_prob);
+        }
+        // The common prefix came from the first question.
+        if (q > 0) {
+          EXPECT_GT(a.branches[0].cached_prompt_tokens, 0);
+        }
+        EXPECT_GE(a.cached_prompt_tokens, b.cached_prompt_tokens);
+      }
+    }
+  }
+  // A bad request fails the call before anything runs, naming its index.
+  requests[3].choices = {"only one"};
+  auto bad =
+      RunReasoningBatch(*engine, pipeline, Builtin("full", layers), requests);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("request 3"));
+  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
 }
 
 TEST(SessionTest, JsonCarriesEveryStageRecord) {

@@ -246,6 +246,82 @@ TEST(EngineTest, ObserverSeesEveryExecutedSublayerOfEveryChunk) {
   backend.kv_blocks().Release(b);
 }
 
+// Teacher forcing of many sequences (shared prefixes, two skip sets,
+// prompts longer than one prefill chunk) gives, row for row, the logits
+// PromptLogits computes for each sequence alone.
+TEST(EngineTest, ScoreContinuationsEqualsPromptLogits) {
+  auto engine = MakeTinyEngine(/*kv_cache_tokens=*/8192);
+  ASSERT_NE(engine, nullptr);
+  const int64_t vocab = engine->config().vocab_size;
+  SkipSet skip;
+  skip.mlp = {false, true};
+  std::vector<Engine::ScoringRequest> requests;
+  const std::vector<int32_t> few_shot = Tokens(40, 3);
+  for (int32_t q = 0; q < 3; ++q) {
+    for (int variant = 0; variant < 2; ++variant) {
+      Engine::ScoringRequest r;
+      r.tokens = few_shot;
+      const std::vector<int32_t> own = Tokens(10 + 7 * q, 20 + q);
+      r.tokens.insert(r.tokens.end(), own.begin(), own.end());
+      r.first_scored = static_cast<int64_t>(r.tokens.size()) - 3;
+      const std::vector<int32_t> continuation = Tokens(5 + variant, 40 + q);
+      r.tokens.insert(r.tokens.end(), continuation.begin(), continuation.end());
+      if (variant == 1) r.skip = skip;
+      requests.push_back(std::move(r));
+    }
+  }
+  // Longer than kMaxPrefillChunk before and within the scored range (the
+  // tiny model's context is 1024), and a request with nothing to score.
+  ASSERT_EQ(engine->config().max_position_embeddings, 1024);
+  Engine::ScoringRequest long_request;
+  long_request.tokens = Tokens(1025, 9);  // 1024 fed
+  long_request.first_scored = 520;
+  requests.push_back(long_request);
+  Engine::ScoringRequest unscored;
+  unscored.tokens = Tokens(20, 4);
+  unscored.first_scored = 20;
+  requests.push_back(unscored);
+
+  std::vector<std::vector<float>> scored(requests.size());
+  std::vector<int> calls(requests.size(), 0);
+  ASSERT_TRUE(
+      engine
+          ->ScoreContinuations(requests,
+                               [&](size_t i, absl::Span<const float> rows) {
+                                 ++calls[i];
+                                 scored[i].assign(rows.begin(), rows.end());
+                               })
+          .ok());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(calls[i], 1);
+    const Engine::ScoringRequest& r = requests[i];
+    auto logits = engine->PromptLogits(r.tokens, r.skip);
+    ASSERT_TRUE(logits.ok());
+    const std::vector<float> expected(
+        logits->begin() + (r.first_scored - 1) * vocab, logits->end() - vocab);
+    // Same kernels over the same positions; only the batch composition
+    // differs, which the CPU kernels do not depend on.
+    EXPECT_EQ(scored[i], expected);
+  }
+  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+
+  // Bad requests name themselves and leave nothing behind.
+  Engine::ScoringRequest bad;
+  bad.tokens = {1, 2, 3};
+  bad.first_scored = 0;
+  absl::Status status = engine->ScoreContinuations(
+      {&bad, 1}, [](size_t, absl::Span<const float>) {});
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("first_scored 0"));
+  bad.first_scored = 1;
+  bad.tokens[1] = static_cast<int32_t>(vocab);
+  status = engine->ScoreContinuations({&bad, 1},
+                                      [](size_t, absl::Span<const float>) {});
+  EXPECT_THAT(status.message(), HasSubstr("token id"));
+  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+}
+
 TEST(EngineTest, FullCacheIsAnErrorAndLeaksNothing) {
   auto engine = MakeTinyEngine(/*kv_cache_tokens=*/32);
   ASSERT_NE(engine, nullptr);

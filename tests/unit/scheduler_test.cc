@@ -224,6 +224,87 @@ TEST(SchedulerTest, PrefixGroupSharesTheCommonPrefix) {
   EXPECT_EQ(outcomes[1].result->cached_prompt_tokens, 0);
 }
 
+// Each prompt starts from the earlier one sharing the longest whole-block
+// prefix it is allowed to share; ties go to the earliest.
+TEST(PlanPrefixSharingTest, PicksTheLongestBlockAlignedPrefix) {
+  const std::vector<int32_t> root(40, 7);
+  std::vector<int32_t> a = root, b = root, c = root, d = root, e(10, 7);
+  a.insert(a.end(), {1, 2, 3});
+  b.insert(b.end(), {1, 2, 3, 4});
+  b.insert(b.end(), 20, 9);  // b extends a's 43 tokens by 24
+  c.insert(c.end(), {5});
+  d = b;
+  d.back() = 8;  // d shares all of b but its last token
+  const std::vector<absl::Span<const int32_t>> prompts = {root, a, b, c, d, e};
+  std::vector<int64_t> limits;
+  for (const auto& p : prompts) limits.push_back(int64_t(p.size()) - 1);
+  const auto all = [](size_t, size_t) { return true; };
+  std::vector<PrefixShare> plan = PlanPrefixSharing(prompts, limits, 16, all);
+  ASSERT_EQ(plan.size(), 6u);
+  EXPECT_EQ(plan[0].leader, -1);
+  // a: 40 common with root (limit 39 for root's length) -> 32.
+  EXPECT_EQ(plan[1].leader, 0);
+  EXPECT_EQ(plan[1].tokens, 32);
+  // b shares 43 with a -> 32, the same as with root: the earliest wins.
+  EXPECT_EQ(plan[2].leader, 0);
+  EXPECT_EQ(plan[2].tokens, 32);
+  EXPECT_EQ(plan[3].tokens, 32);
+  // d shares 63 tokens with b -> 48 blocks' worth, more than with anyone.
+  EXPECT_EQ(plan[4].leader, 2);
+  EXPECT_EQ(plan[4].tokens, 48);
+  // Shorter than a block: nothing to share.
+  EXPECT_EQ(plan[5].leader, -1);
+
+  // Limits cap what is shared (d must compute from position 20 on).
+  limits[4] = 20;
+  plan = PlanPrefixSharing(prompts, limits, 16, all);
+  EXPECT_EQ(plan[4].tokens, 16);
+  // can_share rules leaders out.
+  plan = PlanPrefixSharing(prompts, limits, 16,
+                           [](size_t, size_t j) { return j != 0; });
+  EXPECT_EQ(plan[1].leader, -1);
+  EXPECT_EQ(plan[2].leader, 1);
+  EXPECT_EQ(plan[2].tokens, 32);
+}
+
+// A group shaped like a batched fan-out stage (two questions behind one
+// few-shot prefix, two branches each): every branch shares the longest
+// prefix it can, through a chain of forks, and generates what it generates
+// alone.
+TEST(SchedulerTest, PrefixGroupSharesAlongATree) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  std::vector<GenerationRequest> requests;
+  for (int32_t question = 0; question < 2; ++question) {
+    for (int32_t branch = 0; branch < 2; ++branch) {
+      GenerationRequest r = Greedy(32, 5, 6);  // the shared "few-shot"
+      for (int i = 0; i < 20; ++i) r.prompt_tokens.push_back(300 + question);
+      r.prompt_tokens.push_back(100 + branch);
+      requests.push_back(r);
+    }
+  }
+  std::vector<GenerationResult> alone;
+  for (const GenerationRequest& r : requests) {
+    auto result = engine->Generate(r);
+    ASSERT_TRUE(result.ok());
+    alone.push_back(*result);
+  }
+  Scheduler scheduler(engine.get(), {.max_batch = 8});
+  std::vector<Outcome> outcomes(requests.size());
+  std::vector<SequenceCallbacks> callbacks;
+  for (Outcome& o : outcomes) callbacks.push_back(o.Callbacks());
+  ASSERT_TRUE(scheduler.AddGroup(requests, std::move(callbacks)).ok());
+  while (!scheduler.idle()) ASSERT_TRUE(scheduler.Step().ok());
+  // 52 common tokens within a question (48 shared), 32 across questions.
+  const int64_t cached[] = {0, 48, 32, 48};
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(outcomes[i].result.has_value());
+    EXPECT_EQ(outcomes[i].result->tokens, alone[i].tokens) << i;
+    EXPECT_EQ(outcomes[i].result->cached_prompt_tokens, cached[i]) << i;
+  }
+  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+}
+
 // Two sequences skipping nothing (one with an explicit all-false skip set,
 // the same skips) and two skipping layer 1: mixed steps run all four
 // together; grouped steps run one skip set at a time, the two taking turns,
