@@ -218,7 +218,7 @@ absl::Status Engine::ScoreContinuations(
   }
   std::vector<SequenceId> sequences(requests.size(), -1);
   std::vector<bool> done(requests.size(), false);
-  std::vector<std::vector<float>> rows(requests.size());
+  std::vector<int64_t> rows_delivered(requests.size(), 0);
   absl::Status status;
   size_t finished = 0;
   while (finished < requests.size() && status.ok()) {
@@ -282,11 +282,12 @@ absl::Status Engine::ScoreContinuations(
         Member& member = wave[members[c]];
         const SequenceChunk& chunk = batch.chunks[c];
         if (chunk.logits == LogitsMode::kAll) {
-          const auto first =
-              result.logits.begin() + result.first_logit_row[c] * vocab;
-          rows[member.request].insert(
-              rows[member.request].end(), first,
-              first + static_cast<int64_t>(chunk.tokens.size()) * vocab);
+          const int64_t count = static_cast<int64_t>(chunk.tokens.size());
+          on_logits(
+              member.request, rows_delivered[member.request],
+              absl::MakeConstSpan(result.logits)
+                  .subspan(result.first_logit_row[c] * vocab, count * vocab));
+          rows_delivered[member.request] += count;
         }
         member.next += static_cast<int64_t>(chunk.tokens.size());
       }
@@ -294,11 +295,9 @@ absl::Status Engine::ScoreContinuations(
     if (!status.ok()) break;
     for (const Member& member : wave) {
       const size_t i = member.request;
-      const int64_t expected = static_cast<int64_t>(requests[i].tokens.size()) -
-                               requests[i].first_scored;
-      LS_CHECK_EQ(rows[i].size(), static_cast<size_t>(expected * vocab));
-      on_logits(i, rows[i]);
-      std::vector<float>().swap(rows[i]);
+      LS_CHECK_EQ(rows_delivered[i],
+                  static_cast<int64_t>(requests[i].tokens.size()) -
+                      requests[i].first_scored);
       done[i] = true;
       ++finished;
     }

@@ -131,13 +131,16 @@ class Engine {
   // Teacher forcing for many sequences at once (litestage-eval's fidelity
   // pass): each request's `tokens` run through the model with its skip set,
   // and `on_logits(i, rows)` receives the logits of positions
-  // [first_scored - 1, tokens.size() - 1) of request i: rows
+  // [first_scored - 1, tokens.size() - 1) of request i: in all
   // [tokens.size() - first_scored, vocab_size] f32, row r predicting
   // tokens[first_scored + r]. Requests share the KV of prompt prefixes
   // (PlanPrefixSharing over equal skip sets), so many prompts behind one
   // few-shot prefix prefill it once; logits are computed only for the
-  // scored positions. Equal to PromptLogits row for row (the same kernels
-  // over the same positions). InvalidArgument for an empty sequence,
+  // scored positions, and handed over step by step: `on_logits(i, first,
+  // rows)` gets rows [first, first + rows.size() / vocab_size) of request
+  // i's, in order, so memory stays one step's logits however many requests
+  // there are. Equal to PromptLogits row for row (the same kernels over the
+  // same positions). InvalidArgument for an empty sequence,
   // first_scored outside [1, tokens.size()], ids outside the vocabulary or
   // more tokens than the context; ResourceExhausted when the KV cache
   // cannot hold them.
@@ -146,8 +149,8 @@ class Engine {
     int64_t first_scored = 1;
     SkipSet skip;
   };
-  using ScoredLogits =
-      std::function<void(size_t index, absl::Span<const float> rows)>;
+  using ScoredLogits = std::function<void(size_t index, int64_t first_row,
+                                          absl::Span<const float> rows)>;
   absl::Status ScoreContinuations(absl::Span<const ScoringRequest> requests,
                                   const ScoredLogits& on_logits);
 

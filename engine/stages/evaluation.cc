@@ -298,13 +298,15 @@ BatchTeacherForcedFidelity(Engine& engine, const Pipeline& pipeline,
     }
   }
   LS_RETURN_IF_ERROR(engine.ScoreContinuations(
-      requests, [&](size_t i, absl::Span<const float> rows) {
+      requests, [&](size_t i, int64_t first_row, absl::Span<const float> rows) {
         const Scored& target = scored[i];
         const std::vector<int32_t>& generated = *target.generated;
-        LS_CHECK_EQ(rows.size(), generated.size() * static_cast<size_t>(vocab));
+        const size_t n = rows.size() / static_cast<size_t>(vocab);
+        LS_CHECK_LE(static_cast<size_t>(first_row) + n, generated.size());
         FidelityCount& count = counts[target.question][target.stage];
-        for (size_t t = 0; t < generated.size(); ++t) {
-          count.hits += Argmax(rows.data() + t * vocab, vocab) == generated[t];
+        for (size_t t = 0; t < n; ++t) {
+          count.hits += Argmax(rows.data() + t * vocab, vocab) ==
+                        generated[first_row + t];
           ++count.total;
         }
       }));

@@ -292,6 +292,56 @@ class TemplateInjectionTest(ServerTestCase):
                          self.prompt_tokens("x", split_special_tokens=True))
 
 
+class ShippedProfileTest(ServerTestCase):
+    """The default model's searched profile (profiles/, compiled in) is
+    offered by a server started without any profile flag, and applied."""
+
+    NAME = "smollm2-135m-tinythinker-obqa"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.FLAGS = (f"--model={default_gguf()}",)
+        super().setUpClass()
+
+    def test_offered_without_flags_and_applied(self):
+        path = os.path.join(os.path.dirname(TESTS_DIR), "profiles",
+                            self.NAME + ".json")
+        with open(path, encoding="utf-8") as f:
+            profile = json.load(f)
+
+        def skipped(stage_name):
+            names = profile["stages"].get(stage_name, {}).get("skip", [])
+            return (sum(n.startswith("attention.") for n in names),
+                    sum(n.startswith("mlp.") for n in names))
+
+        stub = self.server.stub()
+        listed = {p.name: p for p in stub.ListProfiles(
+            self.pb.ListProfilesRequest(), timeout=30).profiles}
+        self.assertIn(self.NAME, listed, sorted(listed))
+        info = listed[self.NAME]
+        self.assertFalse(info.builtin)
+        self.assertEqual(info.pipeline, "tinythinker")
+        self.assertIn("litestage-search", info.provenance)
+        for stage in info.stages:
+            self.assertEqual((stage.skipped_attention_layers,
+                              stage.skipped_mlp_layers), skipped(stage.stage))
+        reply = stub.Reason(self.pb.ReasonRequest(
+            question="There is most likely going to be fog around:",
+            choices=["a marsh", "a tundra", "the plains", "a desert"],
+            profile=self.NAME, max_new_tokens=8), timeout=300)
+        self.assertEqual(reply.profile, self.NAME)
+        self.assertEqual([s.name for s in reply.stages],
+                         ["recall", "analysis", "summary"])
+        for stage in reply.stages:
+            self.assertEqual((stage.skipped_attention_layers,
+                              stage.skipped_mlp_layers), skipped(stage.name))
+            exit_settings = profile["stages"].get(stage.name, {}).get(
+                "early_exit")
+            if exit_settings:
+                self.assertEqual(stage.early_exit.window,
+                                 exit_settings["window"])
+
+
 class ShutdownDeliveryTest(unittest.TestCase):
     """Two things keep slow readers whole: shutdown waits for delivery, not
     for generation, and deltas coalesce while a reader is behind. Checked

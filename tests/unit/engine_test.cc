@@ -275,26 +275,27 @@ TEST(EngineTest, ScoreContinuationsEqualsPromptLogits) {
   ASSERT_EQ(engine->config().max_position_embeddings, 1024);
   Engine::ScoringRequest long_request;
   long_request.tokens = Tokens(1025, 9);  // 1024 fed
-  long_request.first_scored = 520;
+  long_request.first_scored = 400;
   requests.push_back(long_request);
   Engine::ScoringRequest unscored;
   unscored.tokens = Tokens(20, 4);
   unscored.first_scored = 20;
   requests.push_back(unscored);
 
+  // Rows arrive in order, step by step (the long request's 625 scored rows
+  // in more than one).
   std::vector<std::vector<float>> scored(requests.size());
   std::vector<int> calls(requests.size(), 0);
-  ASSERT_TRUE(
-      engine
-          ->ScoreContinuations(requests,
-                               [&](size_t i, absl::Span<const float> rows) {
-                                 ++calls[i];
-                                 scored[i].assign(rows.begin(), rows.end());
-                               })
-          .ok());
+  const auto collect = [&](size_t i, int64_t first,
+                           absl::Span<const float> rows) {
+    ++calls[i];
+    EXPECT_EQ(static_cast<size_t>(first * vocab), scored[i].size());
+    scored[i].insert(scored[i].end(), rows.begin(), rows.end());
+  };
+  ASSERT_TRUE(engine->ScoreContinuations(requests, collect).ok());
+  EXPECT_GT(calls[requests.size() - 2], 1);
   for (size_t i = 0; i < requests.size(); ++i) {
     SCOPED_TRACE(i);
-    EXPECT_EQ(calls[i], 1);
     const Engine::ScoringRequest& r = requests[i];
     auto logits = engine->PromptLogits(r.tokens, r.skip);
     ASSERT_TRUE(logits.ok());
@@ -311,13 +312,13 @@ TEST(EngineTest, ScoreContinuationsEqualsPromptLogits) {
   bad.tokens = {1, 2, 3};
   bad.first_scored = 0;
   absl::Status status = engine->ScoreContinuations(
-      {&bad, 1}, [](size_t, absl::Span<const float>) {});
+      {&bad, 1}, [](size_t, int64_t, absl::Span<const float>) {});
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("first_scored 0"));
   bad.first_scored = 1;
   bad.tokens[1] = static_cast<int32_t>(vocab);
-  status = engine->ScoreContinuations({&bad, 1},
-                                      [](size_t, absl::Span<const float>) {});
+  status = engine->ScoreContinuations(
+      {&bad, 1}, [](size_t, int64_t, absl::Span<const float>) {});
   EXPECT_THAT(status.message(), HasSubstr("token id"));
   EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
 }
