@@ -742,7 +742,32 @@ absl::StatusOr<Evaluation> EvaluateProfiles(
           if (progress) progress(++done, total);
         }
       }
-      if (options.fidelity) {
+      // Teacher forcing depends on the skip sets only: a profile skipping
+      // what an earlier one skips (full with early exit, a searched profile
+      // that kept no skips) takes that profile's counts.
+      std::optional<size_t> same_skips;
+      for (size_t e = 0; e < p && !same_skips.has_value(); ++e) {
+        bool same = true;
+        for (const PipelineStage& stage : pipeline.stages) {
+          same = same &&
+                 profiles[p]
+                     .ForStage(stage.name)
+                     .skip.SkipsSameAs(profiles[e].ForStage(stage.name).skip,
+                                       engine.config().num_hidden_layers);
+        }
+        if (same) same_skips = e;
+      }
+      if (options.fidelity && same_skips.has_value()) {
+        for (size_t q = 0; q < questions.size(); ++q) {
+          QuestionEval& row = evaluation.rows[p][q];
+          const QuestionEval& source = evaluation.rows[*same_skips][q];
+          for (size_t s = 0; s < row.stages.size(); ++s) {
+            row.stages[s].fidelity = source.stages[s].fidelity;
+          }
+          row.fidelity_measured = true;
+          row.fidelity_seconds = 0;
+        }
+      } else if (options.fidelity) {
         for (size_t begin = 0; begin < questions.size();
              begin += options.batch) {
           const size_t end =
