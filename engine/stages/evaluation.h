@@ -196,7 +196,7 @@ QuestionEval MakeQuestionEval(const std::string& profile,
 int64_t AloneFillTokens(const StageRecord& record, bool fan_out,
                         int64_t block_size);
 
-// ---- Latency model ---------------------------------------------------------
+// ---- Latency model (latency_model.cc) -------------------------------------
 //
 // Outputs of a batched run are exact, its timings are not a user's. The
 // model turns token counts into latency with per-token costs measured for
