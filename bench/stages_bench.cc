@@ -150,24 +150,17 @@ absl::Status Run() {
     ReasoningRequest request = base;
     request.question = q.question;
     request.choices = q.choices;
-    LS_ASSIGN_OR_RETURN(
-        ReasoningSession session,
-        ReasoningSession::Create(*engine, pipeline, full, request));
-    while (!session.done()) {
-      LS_ASSIGN_OR_RETURN(std::vector<GenerationRequest> requests,
-                          session.StageRequests());
-      LS_ASSIGN_OR_RETURN(std::vector<GenerationResult> results,
-                          engine->GenerateBatch(requests));
-      for (const GenerationResult& r : results) {
-        for (size_t i = window; i <= r.confidences.size(); ++i) {
+    LS_ASSIGN_OR_RETURN(ReasoningResult run,
+                        RunReasoning(*engine, pipeline, full, request));
+    for (const StageRecord& stage : run.stages) {
+      for (const BranchRecord& branch : stage.branches) {
+        const std::vector<float>& p = branch.token_max_prob;
+        for (size_t i = window; i <= p.size(); ++i) {
           double sum = 0;
-          for (size_t k = i - window; k < i; ++k) {
-            sum += r.confidences[k].max_prob;
-          }
+          for (size_t k = i - window; k < i; ++k) sum += p[k];
           window_means.push_back(sum / static_cast<double>(window));
         }
       }
-      session.FinishStage(std::move(results), 0);
     }
   }
   float threshold = 0;

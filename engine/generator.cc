@@ -2,11 +2,9 @@
 // Scheduler (continuous batching: each forward step carries prefill chunks
 // and decode tokens together).
 #include <algorithm>
-#include <map>
 #include <optional>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
 #include "engine/engine.h"
 #include "engine/scheduler.h"
 #include "engine/util/status_macros.h"
@@ -20,49 +18,23 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::GenerateBatch(
   options.max_prefill_tokens = kMaxPrefillChunk;
   Scheduler scheduler(this, options);
   std::vector<std::optional<GenerationResult>> results(requests.size());
-  const auto callbacks_for = [&](size_t i) {
-    SequenceCallbacks callbacks;
+  std::vector<SequenceCallbacks> callbacks(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
     if (on_text) {
-      callbacks.on_text = [&on_text, i](const std::string& piece) {
+      callbacks[i].on_text = [&on_text, i](const std::string& piece) {
         on_text(i, piece);
       };
     }
-    callbacks.on_finish = [&results, i](GenerationResult result) {
+    callbacks[i].on_finish = [&results, i](GenerationResult result) {
       results[i] = std::move(result);
     };
-    return callbacks;
-  };
-  // Requests in a prefix group go in together (prefix caching); the others
-  // one by one.
-  std::map<int64_t, std::vector<size_t>> groups;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    if (requests[i].prefix_group != 0) {
-      groups[requests[i].prefix_group].push_back(i);
-      continue;
-    }
-    absl::StatusOr<SequenceHandle> added =
-        scheduler.Add(requests[i], callbacks_for(i));
-    if (!added.ok()) {
-      return absl::Status(
-          added.status().code(),
-          absl::StrCat("request ", i, ": ", added.status().message()));
-    }
   }
-  for (const auto& [group, members] : groups) {
-    std::vector<GenerationRequest> group_requests;
-    std::vector<SequenceCallbacks> group_callbacks;
-    for (size_t i : members) {
-      group_requests.push_back(requests[i]);
-      group_callbacks.push_back(callbacks_for(i));
-    }
-    absl::StatusOr<std::vector<SequenceHandle>> added = scheduler.AddGroup(
-        std::move(group_requests), std::move(group_callbacks));
-    if (!added.ok()) {
-      return absl::Status(
-          added.status().code(),
-          absl::StrCat("prefix group ", group, ": ", added.status().message()));
-    }
-  }
+  // Requests in a prefix group go in together (prefix caching).
+  LS_RETURN_IF_ERROR(scheduler
+                         .AddBatch(std::vector<GenerationRequest>(
+                                       requests.begin(), requests.end()),
+                                   std::move(callbacks))
+                         .status());
   while (!scheduler.idle()) LS_RETURN_IF_ERROR(scheduler.Step());
   std::vector<GenerationResult> out;
   out.reserve(results.size());

@@ -47,6 +47,13 @@ float ConfidenceValue(const TokenConfidence& confidence, ConfidenceKind kind) {
                                            : confidence.max_prob;
 }
 
+double MeanMaxProb(absl::Span<const TokenConfidence> confidences) {
+  if (confidences.empty()) return 0;
+  double sum = 0;
+  for (const TokenConfidence& c : confidences) sum += c.max_prob;
+  return sum / static_cast<double>(confidences.size());
+}
+
 Sampler::Sampler(const SamplingParams& params)
     : params_(params), rng_(params.seed) {}
 

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 
 namespace litestage {
 
@@ -44,6 +45,9 @@ const char* ConfidenceKindName(ConfidenceKind kind);  // "max_prob"
 // "max_prob" | "max_logit"; InvalidArgument otherwise.
 absl::StatusOr<ConfidenceKind> ParseConfidenceKind(absl::string_view name);
 float ConfidenceValue(const TokenConfidence& confidence, ConfidenceKind kind);
+// Mean max_prob over `confidences` (0 when empty): a generation's mean
+// confidence as the server and the stage records report it.
+double MeanMaxProb(absl::Span<const TokenConfidence> confidences);
 
 class Sampler {
  public:

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <optional>
 #include <utility>
 
@@ -195,6 +196,13 @@ absl::StatusOr<std::vector<SequenceHandle>> Scheduler::AddGroup(
     }
     blocks[i] = *needed;
   }
+  return EnqueueGroup(std::move(requests), std::move(callbacks), blocks);
+}
+
+std::vector<SequenceHandle> Scheduler::EnqueueGroup(
+    std::vector<GenerationRequest> requests,
+    std::vector<SequenceCallbacks> callbacks,
+    const std::vector<int64_t>& blocks) {
   std::vector<absl::Span<const int32_t>> prompts;
   std::vector<int64_t> limits;
   for (const GenerationRequest& r : requests) {
@@ -218,6 +226,48 @@ absl::StatusOr<std::vector<SequenceHandle>> Scheduler::AddGroup(
       follower.prefix_leader = handles[plan[i].leader];
       follower.shared_tokens = plan[i].tokens;
     }
+  }
+  return handles;
+}
+
+absl::StatusOr<std::vector<SequenceHandle>> Scheduler::AddBatch(
+    std::vector<GenerationRequest> requests,
+    std::vector<SequenceCallbacks> callbacks) {
+  LS_CHECK_EQ(requests.size(), callbacks.size());
+  const size_t n = requests.size();
+  std::vector<int64_t> blocks(n);
+  for (size_t i = 0; i < n; ++i) {
+    absl::StatusOr<int64_t> needed = Validate(requests[i]);
+    if (!needed.ok()) {
+      if (n == 1) return needed.status();
+      return absl::Status(
+          needed.status().code(),
+          absl::StrCat("request ", i, ": ", needed.status().message()));
+    }
+    blocks[i] = *needed;
+  }
+  std::vector<SequenceHandle> handles(n);
+  std::map<int64_t, std::vector<size_t>> groups;
+  for (size_t i = 0; i < n; ++i) {
+    if (requests[i].prefix_group != 0) {
+      groups[requests[i].prefix_group].push_back(i);
+      continue;
+    }
+    handles[i] =
+        Enqueue(std::move(requests[i]), std::move(callbacks[i]), blocks[i]);
+  }
+  for (const auto& [group, members] : groups) {
+    std::vector<GenerationRequest> group_requests;
+    std::vector<SequenceCallbacks> group_callbacks;
+    std::vector<int64_t> group_blocks;
+    for (size_t i : members) {
+      group_requests.push_back(std::move(requests[i]));
+      group_callbacks.push_back(std::move(callbacks[i]));
+      group_blocks.push_back(blocks[i]);
+    }
+    const std::vector<SequenceHandle> added = EnqueueGroup(
+        std::move(group_requests), std::move(group_callbacks), group_blocks);
+    for (size_t k = 0; k < members.size(); ++k) handles[members[k]] = added[k];
   }
   return handles;
 }

@@ -103,6 +103,13 @@ class Scheduler {
   absl::StatusOr<std::vector<SequenceHandle>> AddGroup(
       std::vector<GenerationRequest> requests,
       std::vector<SequenceCallbacks> callbacks);
+  // Adds many requests at once: those with the same non-zero prefix_group
+  // go in through AddGroup (prefix caching), the others one by one, in
+  // request order. Validates every request before adding any (errors name
+  // "request i" when there are several). Handles are in request order.
+  absl::StatusOr<std::vector<SequenceHandle>> AddBatch(
+      std::vector<GenerationRequest> requests,
+      std::vector<SequenceCallbacks> callbacks);
   // Ends the sequence now with FinishReason::kCancelled (its on_finish runs
   // before Cancel returns) and frees its cache. Unknown or finished: no-op.
   void Cancel(SequenceHandle handle);
@@ -125,6 +132,12 @@ class Scheduler {
   absl::StatusOr<int64_t> Validate(const GenerationRequest& request) const;
   SequenceHandle Enqueue(GenerationRequest request, SequenceCallbacks callbacks,
                          int64_t blocks);
+  // Enqueues validated requests (`blocks`: what each needs) as a prefix
+  // group.
+  std::vector<SequenceHandle> EnqueueGroup(
+      std::vector<GenerationRequest> requests,
+      std::vector<SequenceCallbacks> callbacks,
+      const std::vector<int64_t>& blocks);
   void Admit();
   // Starts `sequence` from its prefix leader's blocks once the leader has
   // prefilled them; gives up on the leader if it is gone.

@@ -7,13 +7,20 @@
 //   (INVALID_ARGUMENT / OUT_OF_RANGE naming the field), resolve its pipeline
 //   and profile, and post it to the bounded admission queue (full:
 //   UNAVAILABLE). They never touch the Engine's mutable state.
-// - ONE scheduler thread loads the model, then owns the Engine and the
-//   continuous-batching Scheduler: it takes requests from the admission
-//   queue while the batch has room, adds each stage's sequences (fan-out
-//   branches are separate sequences), steps every running sequence of every
-//   request together, and advances a request to its next stage when all its
-//   branches finished. It checks cancellation and deadlines every step and
-//   blocks on a condition variable when there is nothing to do.
+// - ONE scheduler thread loads the model, then owns the Engine, the
+//   continuous-batching Scheduler and the StageRunner on it
+//   (engine/stages/stage_runner.h): it takes requests from the admission
+//   queue while the batch has room and hands each to the runner, which
+//   queues a stage's sequences (fan-out branches are separate sequences),
+//   steps every running sequence of every request together, and advances a
+//   request to its next stage when all its branches finished. The thread
+//   checks cancellation and deadlines every step and blocks on a condition
+//   variable when there is nothing to do.
+//
+// Files: service.cc (handlers), convert.{h,cc} (proto <-> engine types),
+// reactors.{h,cc} (gRPC reactors), job.h (one request), server_state.h (the
+// catalog and the scheduler thread's state), server.cc
+// (lifecycle, loading, the scheduler thread).
 //
 // Health: "" (liveness) is SERVING once the server listens;
 // "litestage.v1.LiteStage" (readiness) is NOT_SERVING while the model loads
@@ -43,9 +50,14 @@
 #include "engine/stages/shipped_profiles.h"
 #include "prometheus/registry.h"
 
+namespace google::protobuf {
+class Message;
+}
 namespace grpc {
 class Server;
-}
+class Service;
+class Status;
+}  // namespace grpc
 
 namespace litestage {
 
@@ -142,7 +154,7 @@ class LiteStageServer {
   int64_t requests_undelivered() const { return undelivered_.load(); }
   int64_t requests_running() const { return running_.load(); }
 
-  struct Job;  // One accepted request (server.cc).
+  struct Job;  // One accepted request (job.h).
 
   // Wakes the scheduler thread (a request was cancelled); any thread.
   void Wake();
@@ -160,8 +172,17 @@ class LiteStageServer {
   absl::Status Admit(std::shared_ptr<Job> job);
   absl::Status CheckServing() const;
 
+  static std::unique_ptr<grpc::Service> NewService(LiteStageServer* server);
+
   // --- scheduler thread ---
   void SchedulerLoop();
+  // Starts an admitted job on the stage runner (or answers it at once if
+  // its first stage cannot be queued).
+  void StartJob(Job& job);
+  // Answers the job's RPC once: `response` (a v1::ReasonResponse or
+  // v1::GenerateResponse) when OK, then the request metrics and counters.
+  void CompleteJob(Job& job, const grpc::Status& status,
+                   const google::protobuf::Message* response);
   absl::Status Load();
   // Adds the shipped profiles made for the loaded model to the file
   // profiles (before the server is ready: handlers read them after).
@@ -170,7 +191,7 @@ class LiteStageServer {
 
   ServerOptions options_;
   std::unique_ptr<Impl> impl_;
-  std::unique_ptr<Service> service_;
+  std::unique_ptr<grpc::Service> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<ServerMetrics> metrics_;

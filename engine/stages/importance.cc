@@ -113,31 +113,28 @@ absl::StatusOr<SublayerImportance> MeasureSublayerImportance(
     request.question = sample.question;
     request.choices = sample.choices;
     request.early_exit_override.reset();
-    absl::StatusOr<ReasoningSession> session =
-        ReasoningSession::Create(engine, pipeline, full, request);
-    if (!session.ok()) {
-      return absl::Status(session.status().code(),
+    // Full's run gives every stage's prompts (prompt_token_ids), each
+    // observed afresh below.
+    absl::StatusOr<ReasoningResult> run =
+        RunReasoning(engine, pipeline, full, request);
+    if (!run.ok()) {
+      return absl::Status(run.status().code(),
                           absl::StrCat("importance: sample ", sample.id, ": ",
-                                       session.status().message()));
+                                       run.status().message()));
     }
-    while (!session->done()) {
-      const size_t stage = session->next_stage();
-      LS_ASSIGN_OR_RETURN(std::vector<GenerationRequest> requests,
-                          session->StageRequests());
+    for (size_t stage = 0; stage < run->stages.size(); ++stage) {
+      const std::vector<BranchRecord>& branches = run->stages[stage].branches;
       // Each branch's prefill counts equally within the sample.
-      for (const GenerationRequest& branch : requests) {
+      for (const BranchRecord& branch : branches) {
         CosineObserver observer(layers);
         LS_RETURN_IF_ERROR(
-            engine.ObservePrompt(branch.prompt_tokens, &observer));
+            engine.ObservePrompt(branch.prompt_token_ids, &observer));
         const std::vector<double> means = observer.Means();
         for (int64_t i = 0; i < 2 * layers; ++i) {
           importance.stage_similarity[stage][i] +=
-              means[i] / static_cast<double>(requests.size() * samples.size());
+              means[i] / static_cast<double>(branches.size() * samples.size());
         }
       }
-      LS_ASSIGN_OR_RETURN(std::vector<GenerationResult> results,
-                          engine.GenerateBatch(requests));
-      session->FinishStage(std::move(results), 0.0);
     }
   }
   importance.total_similarity.assign(2 * layers, 0.0);

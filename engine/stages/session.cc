@@ -1,28 +1,20 @@
 #include "engine/stages/session.h"
 
-#include <chrono>
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "engine/stages/stage_runner.h"
 #include "engine/util/check.h"
 #include "engine/util/status_macros.h"
 
 namespace litestage {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 std::string Trimmed(absl::string_view text) {
   return std::string(absl::StripAsciiWhitespace(text));
-}
-
-double MeanMaxProb(const std::vector<TokenConfidence>& confidences) {
-  if (confidences.empty()) return 0;
-  double sum = 0;
-  for (const TokenConfidence& c : confidences) sum += c.max_prob;
-  return sum / static_cast<double>(confidences.size());
 }
 
 int64_t CountTrue(const std::vector<bool>& flags) {
@@ -203,6 +195,54 @@ void ReasoningSession::FinishStage(
   }
 }
 
+namespace {
+
+// Keeps the outcome of a cohort run to completion, forwarding its text.
+class BlockingListener : public StageRunner::Listener {
+ public:
+  explicit BlockingListener(const StageTextCallback& on_text)
+      : on_text_(on_text) {}
+
+  void OnText(size_t session, size_t stage, size_t branch,
+              const std::string& piece) override {
+    if (on_text_) on_text_(stage, branch, piece);
+  }
+  void OnDone(absl::Status status, StageRunner::JobResult result) override {
+    status_ = std::move(status);
+    result_ = std::move(result);
+  }
+
+  absl::StatusOr<std::vector<ReasoningResult>> TakeResults() {
+    if (!status_.ok()) return status_;
+    return std::move(result_.sessions);
+  }
+
+ private:
+  const StageTextCallback& on_text_;
+  absl::Status status_ = absl::InternalError("the job did not finish");
+  StageRunner::JobResult result_;
+};
+
+// Runs `sessions` as one cohort on a scheduler of their own (blocking).
+absl::StatusOr<std::vector<ReasoningResult>> RunCohort(
+    Engine& engine, const Pipeline& pipeline,
+    std::vector<ReasoningSession> sessions, const StageTextCallback& on_text) {
+  SchedulerOptions options;
+  // Room for every branch of every session at once (as GenerateBatch).
+  options.max_batch = static_cast<int64_t>(sessions.size()) *
+                      std::max<int64_t>(1, pipeline.max_choices);
+  options.max_prefill_tokens = Engine::kMaxPrefillChunk;
+  Scheduler scheduler(&engine, options);
+  StageRunner runner(&scheduler);
+  BlockingListener listener(on_text);
+  LS_RETURN_IF_ERROR(
+      runner.AddSessions(std::move(sessions), &listener).status());
+  while (!runner.idle()) LS_RETURN_IF_ERROR(runner.Step());
+  return listener.TakeResults();
+}
+
+}  // namespace
+
 absl::StatusOr<ReasoningResult> RunReasoning(Engine& engine,
                                              const Pipeline& pipeline,
                                              const Profile& profile,
@@ -211,35 +251,18 @@ absl::StatusOr<ReasoningResult> RunReasoning(Engine& engine,
   LS_ASSIGN_OR_RETURN(
       ReasoningSession session,
       ReasoningSession::Create(engine, pipeline, profile, request));
-  while (!session.done()) {
-    const size_t stage = session.next_stage();
-    LS_ASSIGN_OR_RETURN(std::vector<GenerationRequest> requests,
-                        session.StageRequests());
-    TextCallback forward_text;
-    if (on_text) {
-      forward_text = [&](size_t branch, const std::string& piece) {
-        on_text(stage, branch, piece);
-      };
-    }
-    const Clock::time_point start = Clock::now();
-    LS_ASSIGN_OR_RETURN(std::vector<GenerationResult> results,
-                        engine.GenerateBatch(requests, forward_text));
-    const double seconds =
-        std::chrono::duration<double>(Clock::now() - start).count();
-    std::vector<std::vector<int32_t>> prompt_token_ids;
-    prompt_token_ids.reserve(requests.size());
-    for (GenerationRequest& r : requests) {
-      prompt_token_ids.push_back(std::move(r.prompt_tokens));
-    }
-    session.FinishStage(std::move(results), seconds,
-                        std::move(prompt_token_ids));
-  }
-  return session.TakeResult();
+  std::vector<ReasoningSession> sessions;
+  sessions.push_back(std::move(session));
+  LS_ASSIGN_OR_RETURN(
+      std::vector<ReasoningResult> results,
+      RunCohort(engine, pipeline, std::move(sessions), on_text));
+  return std::move(results[0]);
 }
 
 absl::StatusOr<std::vector<ReasoningResult>> RunReasoningBatch(
     Engine& engine, const Pipeline& pipeline, const Profile& profile,
     absl::Span<const ReasoningRequest> requests) {
+  if (requests.empty()) return std::vector<ReasoningResult>();
   std::vector<ReasoningSession> sessions;
   sessions.reserve(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
@@ -252,49 +275,7 @@ absl::StatusOr<std::vector<ReasoningResult>> RunReasoningBatch(
     }
     sessions.push_back(*std::move(session));
   }
-  for (size_t stage = 0; stage < pipeline.stages.size(); ++stage) {
-    std::vector<GenerationRequest> batch;
-    std::vector<size_t> first;  // [sessions + 1] offsets into batch
-    for (size_t i = 0; i < sessions.size(); ++i) {
-      LS_CHECK_EQ(sessions[i].next_stage(), stage);
-      absl::StatusOr<std::vector<GenerationRequest>> stage_requests =
-          sessions[i].StageRequests();
-      if (!stage_requests.ok()) {
-        return absl::Status(stage_requests.status().code(),
-                            absl::StrCat("request ", i, ": ",
-                                         stage_requests.status().message()));
-      }
-      first.push_back(batch.size());
-      for (GenerationRequest& r : *stage_requests) {
-        // One group: the scheduler picks, per sequence, the earlier one it
-        // shares the longest prefix with.
-        r.prefix_group = 1;
-        batch.push_back(std::move(r));
-      }
-    }
-    first.push_back(batch.size());
-    const Clock::time_point start = Clock::now();
-    LS_ASSIGN_OR_RETURN(std::vector<GenerationResult> results,
-                        engine.GenerateBatch(batch));
-    const double seconds =
-        std::chrono::duration<double>(Clock::now() - start).count();
-    for (size_t i = 0; i < sessions.size(); ++i) {
-      std::vector<GenerationResult> own;
-      std::vector<std::vector<int32_t>> prompt_token_ids;
-      for (size_t k = first[i]; k < first[i + 1]; ++k) {
-        own.push_back(std::move(results[k]));
-        prompt_token_ids.push_back(std::move(batch[k].prompt_tokens));
-      }
-      sessions[i].FinishStage(std::move(own), seconds,
-                              std::move(prompt_token_ids));
-    }
-  }
-  std::vector<ReasoningResult> out;
-  out.reserve(sessions.size());
-  for (ReasoningSession& session : sessions) {
-    out.push_back(session.TakeResult());
-  }
-  return out;
+  return RunCohort(engine, pipeline, std::move(sessions), {});
 }
 
 namespace {

@@ -4,8 +4,9 @@
 // ReasoningSession is the state machine of one request: it renders the next
 // stage's prompts, hands out the GenerationRequests (one, or one per choice
 // for a fan-out stage, run as one batch), takes their results back and keeps
-// the per-stage records. RunReasoning drives it on an Engine with blocking
-// GenerateBatch calls; the server's scheduler drives many sessions at once.
+// the per-stage records. StageRunner (stage_runner.h) drives sessions on a
+// Scheduler: the server's many at once, RunReasoning and RunReasoningBatch
+// below to completion.
 //
 // Execution is faithful to the method: every stage re-prefills
 // [few-shot, question, earlier stages] with its own skip set (no KV reuse

@@ -19,12 +19,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-Profile Builtin(const std::string& spec, int64_t layers) {
-  auto profile = BuiltinProfile(spec, layers);
-  EXPECT_TRUE(profile.ok()) << profile.status();
-  return profile.ok() ? *profile : Profile{};
-}
-
 ReasoningRequest Question() {
   ReasoningRequest request;
   request.question = "Which one is a fruit?";

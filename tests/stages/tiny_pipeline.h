@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
 #include "engine/stages/pipeline.h"
+#include "engine/stages/profile.h"
 #include "gtest/gtest.h"
 
 namespace litestage {
@@ -55,6 +56,13 @@ inline Pipeline ShortPipeline(int64_t recall_tokens, int64_t analysis_tokens,
   auto pipeline = ParsePipeline(json, "test:short");
   EXPECT_TRUE(pipeline.ok()) << pipeline.status();
   return pipeline.ok() ? *pipeline : Pipeline{};
+}
+
+// A built-in profile ("full", "even:K", "last:K") for a model of `layers`.
+inline Profile Builtin(const std::string& spec, int64_t layers) {
+  auto profile = BuiltinProfile(spec, layers);
+  EXPECT_TRUE(profile.ok()) << profile.status();
+  return profile.ok() ? *profile : Profile{};
 }
 
 // The built-in tinythinker without its few-shot example: stories260K's
