@@ -80,11 +80,15 @@ enum class LogitsMode : uint8_t {
 // The new tokens of one sequence in a forward step: a prefill chunk or one
 // decode token. Positions are [start_position, start_position + tokens.size()).
 struct SequenceChunk {
-  SequenceId sequence = 0;
-  absl::Span<const int32_t> tokens;
+  absl::Span<const int32_t> tokens;  // [n] ids inside the vocabulary
   int64_t start_position = 0;  // Tokens of this sequence already in the cache.
   const SkipSet* skip = nullptr;  // nullptr: skip nothing.
   LogitsMode logits = LogitsMode::kLast;
+  // The sequence's cache blocks in position order (block i holds positions
+  // [i * kv_block_size, (i + 1) * kv_block_size)), covering at least
+  // start_position + tokens.size(): the runtime's KvBlockManager reserved
+  // them (Engine::Forward fills this in). The backend owns the storage only.
+  absl::Span<const int32_t> block_table;
 };
 
 struct ForwardBatch {
@@ -117,16 +121,20 @@ class Backend {
   virtual std::string description() const = 0;  // ISA, threads, device.
 
   // Runs one step over every chunk of `batch`: writes their K/V into the
-  // cache and returns the requested logits. Reserves cache blocks first; on
-  // ResourceExhausted no sequence is changed.
+  // blocks their block tables name and returns the requested logits. The
+  // runtime validated the step (KvBlockManager::ReserveWrites, token ids
+  // checked at request level); a backend only CHECKs its invariants.
   virtual absl::Status Forward(const ForwardBatch& batch,
                                ForwardResult* result) = 0;
 
-  KvBlockManager& kv_blocks() { return *kv_blocks_; }
-  const KvBlockManager& kv_blocks() const { return *kv_blocks_; }
+  // The KV storage the backend laid out: num_kv_blocks() blocks of
+  // kv_block_size() tokens, which the runtime's KvBlockManager hands out.
+  int64_t num_kv_blocks() const { return num_kv_blocks_; }
+  int64_t kv_block_size() const { return kv_block_size_; }
 
  protected:
-  std::unique_ptr<KvBlockManager> kv_blocks_;
+  int64_t num_kv_blocks_ = 0;
+  int64_t kv_block_size_ = 0;
 };
 
 // Bytes of K and V one cached token takes in the CPU backend's f32 cache:

@@ -125,7 +125,8 @@ class CpuBackend final : public Backend {
     // Written so it cannot overflow for any positive kv_cache_tokens.
     const int64_t num_blocks = options.kv_cache_tokens / block_size_ +
                                (options.kv_cache_tokens % block_size_ != 0);
-    kv_blocks_ = std::make_unique<KvBlockManager>(num_blocks, block_size_);
+    num_kv_blocks_ = num_blocks;
+    kv_block_size_ = block_size_;
     // Left uninitialised on purpose: pages are touched only when a sequence
     // first writes them, so a large capacity costs nothing until used.
     block_floats_ =
@@ -151,7 +152,8 @@ class CpuBackend final : public Backend {
                block_size_ * config_.head_dim;
   }
 
-  absl::Status ValidateAndReserve(const ForwardBatch& batch);
+  // The runtime validated the step; these are invariants.
+  void CheckStep(const ForwardBatch& batch) const;
   void Attention(int64_t layer, const LayerWeights& w,
                  const std::vector<int64_t>& rows);
   void Mlp(const LayerWeights& w, const std::vector<int64_t>& rows);
@@ -183,56 +185,22 @@ class CpuBackend final : public Backend {
   std::vector<float> observed_input_;  // [R, H] residual before a sub-layer
 };
 
-absl::Status CpuBackend::ValidateAndReserve(const ForwardBatch& batch) {
-  int64_t blocks_needed = 0;
+void CpuBackend::CheckStep(const ForwardBatch& batch) const {
   for (size_t c = 0; c < batch.chunks.size(); ++c) {
     const SequenceChunk& chunk = batch.chunks[c];
-    if (!kv_blocks_->Contains(chunk.sequence)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk ", c, ": unknown sequence ", chunk.sequence));
-    }
-    if (chunk.tokens.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk ", c, ": no tokens"));
-    }
-    for (int32_t token : chunk.tokens) {
-      if (token < 0 || token >= config_.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("chunk ", c, ": token id ", token,
-                         " outside vocabulary [0, ", config_.vocab_size, ")"));
-      }
-    }
     const int64_t end =
         chunk.start_position + static_cast<int64_t>(chunk.tokens.size());
-    if (chunk.start_position < 0 ||
-        chunk.start_position > kv_blocks_->capacity(chunk.sequence)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk ", c, ": start position ", chunk.start_position,
-                       " leaves a gap in the sequence's cache"));
+    LS_CHECK(!chunk.tokens.empty()) << "chunk " << c;
+    LS_CHECK(static_cast<int64_t>(chunk.block_table.size()) * block_size_ >=
+             end)
+        << "chunk " << c << ": block table does not cover position " << end;
+    for (int32_t block : chunk.block_table) {
+      LS_CHECK(block >= 0 && block < num_kv_blocks_) << "block " << block;
     }
-    // Blocks shared with other sequences (prefix caching) are read-only.
-    const std::vector<int32_t>& table = kv_blocks_->block_table(chunk.sequence);
-    const int64_t first_block = chunk.start_position / block_size_;
-    if (first_block < static_cast<int64_t>(table.size()) &&
-        kv_blocks_->shared(table[first_block])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk ", c, ": start position ", chunk.start_position,
-                       " writes into a KV block shared with another sequence"));
+    for (int32_t token : chunk.tokens) {
+      LS_CHECK(token >= 0 && token < config_.vocab_size) << "token " << token;
     }
-    blocks_needed += kv_blocks_->BlocksNeeded(chunk.sequence, end);
   }
-  if (blocks_needed > kv_blocks_->free_blocks()) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("KV cache full: step needs ", blocks_needed, " blocks of ",
-                     block_size_, " tokens, ", kv_blocks_->free_blocks(),
-                     " of ", kv_blocks_->num_blocks(), " free"));
-  }
-  for (const SequenceChunk& chunk : batch.chunks) {
-    LS_RETURN_IF_ERROR(kv_blocks_->Reserve(
-        chunk.sequence,
-        chunk.start_position + static_cast<int64_t>(chunk.tokens.size())));
-  }
-  return absl::OkStatus();
 }
 
 void CpuBackend::GatherRows(const std::vector<int64_t>& rows,
@@ -313,8 +281,7 @@ void CpuBackend::Attention(int64_t layer, const LayerWeights& w,
     ApplyRope(k_.data() + i * kv_dim, num_kv_heads, head_dim, cos.data(),
               sin.data());
     const SequenceChunk& chunk = batch_->chunks[row_chunk_[rows[i]]];
-    const int32_t block =
-        kv_blocks_->block_table(chunk.sequence)[position / block_size_];
+    const int32_t block = chunk.block_table[position / block_size_];
     const int64_t slot = position % block_size_;
     for (int64_t h = 0; h < num_kv_heads; ++h) {
       std::memcpy(KvBlock(block, layer, 0, h) + slot * head_dim,
@@ -339,8 +306,7 @@ void CpuBackend::Attention(int64_t layer, const LayerWeights& w,
       const int64_t kv_head = head / heads_per_kv;
       const int64_t position = row_position_[rows[i]];
       const SequenceChunk& chunk = batch_->chunks[row_chunk_[rows[i]]];
-      const std::vector<int32_t>& table =
-          kv_blocks_->block_table(chunk.sequence);
+      const absl::Span<const int32_t> table = chunk.block_table;
       const int64_t num_blocks = position / block_size_ + 1;
       key_blocks.resize(num_blocks);
       value_blocks.resize(num_blocks);
@@ -408,7 +374,7 @@ void CpuBackend::Mlp(const LayerWeights& w, const std::vector<int64_t>& rows) {
 
 absl::Status CpuBackend::Forward(const ForwardBatch& batch,
                                  ForwardResult* result) {
-  LS_RETURN_IF_ERROR(ValidateAndReserve(batch));
+  CheckStep(batch);
   batch_ = &batch;
   const int64_t hidden = config_.hidden_size;
 

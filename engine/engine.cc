@@ -90,6 +90,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
   LS_ASSIGN_OR_RETURN(
       engine->backend_,
       CreateBackend(options.device, *engine->weights_, options.backend));
+  engine->kv_blocks_ = std::make_unique<KvBlockManager>(
+      engine->backend_->num_kv_blocks(), engine->backend_->kv_block_size());
   engine->fingerprint_ = ComputeModelFingerprint(*engine->weights_);
   LS_LOG(INFO) << "loaded " << engine->Describe() << " on "
                << engine->backend_->description();
@@ -123,19 +125,40 @@ absl::StatusOr<std::vector<int32_t>> Engine::EncodeChat(
   return tokenizer_->Encode(prompt, /*add_special_tokens=*/false, content);
 }
 
+absl::Status CheckTokenIds(absl::Span<const int32_t> tokens, int64_t vocab_size,
+                           absl::string_view what) {
+  for (int32_t token : tokens) {
+    if (token < 0 || token >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " token id ", token, " outside [0, ", vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Forward(absl::Span<const SequenceId> sequences,
+                             ForwardBatch* batch, ForwardResult* result) {
+  LS_CHECK_EQ(sequences.size(), batch->chunks.size());
+  std::vector<KvBlockManager::Write> writes(sequences.size());
+  for (size_t c = 0; c < sequences.size(); ++c) {
+    const SequenceChunk& chunk = batch->chunks[c];
+    writes[c] = {sequences[c], chunk.start_position,
+                 static_cast<int64_t>(chunk.tokens.size())};
+  }
+  LS_RETURN_IF_ERROR(kv_blocks_->ReserveWrites(writes));
+  for (size_t c = 0; c < sequences.size(); ++c) {
+    batch->chunks[c].block_table = kv_blocks_->block_table(sequences[c]);
+  }
+  return backend_->Forward(*batch, result);
+}
+
 absl::Status Engine::ForwardPrompt(absl::Span<const int32_t> tokens,
                                    const SkipSet& skip, LogitsMode logits_mode,
                                    SublayerObserver* observer,
                                    std::vector<float>* logits) {
   if (tokens.empty()) return absl::InvalidArgumentError("prompt has no tokens");
-  for (int32_t token : tokens) {
-    if (token < 0 || token >= config().vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt token id ", token,
-                                                     " outside [0, ",
-                                                     config().vocab_size, ")"));
-    }
-  }
-  KvBlockManager& blocks = backend_->kv_blocks();
+  LS_RETURN_IF_ERROR(CheckTokenIds(tokens, config().vocab_size, "prompt"));
+  KvBlockManager& blocks = *kv_blocks_;
   const SequenceId sequence = blocks.AddSequence();
   absl::Status status;
   for (size_t begin = 0; begin < tokens.size() && status.ok();
@@ -143,12 +166,12 @@ absl::Status Engine::ForwardPrompt(absl::Span<const int32_t> tokens,
     const size_t count =
         std::min<size_t>(kMaxPrefillChunk, tokens.size() - begin);
     ForwardBatch batch;
-    batch.chunks.push_back(SequenceChunk{sequence, tokens.subspan(begin, count),
+    batch.chunks.push_back(SequenceChunk{tokens.subspan(begin, count),
                                          static_cast<int64_t>(begin), &skip,
                                          logits_mode});
     batch.observer = observer;
     ForwardResult result;
-    status = backend_->Forward(batch, &result);
+    status = Forward({&sequence, 1}, &batch, &result);
     if (logits != nullptr) {
       logits->insert(logits->end(), result.logits.begin(), result.logits.end());
     }
@@ -187,20 +210,15 @@ absl::Status Engine::ScoreContinuations(
           absl::StrCat("scoring request ", i, ": ", n - 1,
                        " tokens to feed, the model's context is ", context));
     }
-    for (int32_t token : r.tokens) {
-      if (token < 0 || token >= vocab) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("scoring request ", i, ": token id ", token,
-                         " outside [0, ", vocab, ")"));
-      }
-    }
+    LS_RETURN_IF_ERROR(CheckTokenIds(r.tokens, vocab,
+                                     absl::StrCat("scoring request ", i, ":")));
     fed.push_back(absl::MakeConstSpan(r.tokens).first(n - 1));
     // Positions from first_scored - 1 on need logits, so this sequence
     // computes them itself.
     limits.push_back(r.first_scored - 1);
   }
   const int num_layers = config().num_hidden_layers;
-  KvBlockManager& blocks = backend_->kv_blocks();
+  KvBlockManager& blocks = *kv_blocks_;
   const std::vector<PrefixShare> plan = PlanPrefixSharing(
       fed, limits, blocks.block_size(), [&](size_t i, size_t j) {
         return requests[i].skip.SkipsSameAs(requests[j].skip, num_layers);
@@ -249,6 +267,7 @@ absl::Status Engine::ScoreContinuations(
       constexpr int64_t kMaxStepLogitRows = kMaxPrefillChunk;
       ForwardBatch batch;
       std::vector<size_t> members;
+      std::vector<SequenceId> batch_sequences;
       int64_t step_tokens = 0, step_rows = 0;
       pending = false;
       for (size_t m = 0; m < wave.size(); ++m) {
@@ -266,17 +285,17 @@ absl::Status Engine::ScoreContinuations(
           if (scored && step_rows + count > kMaxStepLogitRows) continue;
         }
         batch.chunks.push_back(
-            SequenceChunk{sequences[member.request],
-                          fed[member.request].subspan(member.next, count),
+            SequenceChunk{fed[member.request].subspan(member.next, count),
                           member.next, &requests[member.request].skip,
                           scored ? LogitsMode::kAll : LogitsMode::kNone});
+        batch_sequences.push_back(sequences[member.request]);
         members.push_back(m);
         step_tokens += count;
         if (scored) step_rows += count;
       }
       if (batch.chunks.empty()) break;
       ForwardResult result;
-      status = backend_->Forward(batch, &result);
+      status = Forward(batch_sequences, &batch, &result);
       if (!status.ok()) break;
       for (size_t c = 0; c < batch.chunks.size(); ++c) {
         Member& member = wave[members[c]];

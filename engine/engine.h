@@ -33,6 +33,12 @@ struct EngineOptions {
   bool use_mmap = true;
 };
 
+// InvalidArgument "<what> token id N outside [0, vocab_size)" for the first
+// id out of range: the one token check of the runtime (requests are checked
+// once, at the boundary; backends only CHECK).
+absl::Status CheckTokenIds(absl::Span<const int32_t> tokens, int64_t vocab_size,
+                           absl::string_view what);
+
 // The --dtype flag of the binaries: "auto" (nullopt: as stored; bf16 for
 // synthetic), "f32" or "bf16"; InvalidArgument naming --dtype otherwise.
 absl::StatusOr<std::optional<DType>> ParseMatrixDType(const std::string& name);
@@ -102,6 +108,18 @@ class Engine {
     return chat_template_ ? &*chat_template_ : nullptr;
   }
   Backend& backend() { return *backend_; }
+  // Which cache blocks each sequence owns: the runtime's bookkeeping over
+  // the backend's KV storage. The scheduler (and the engine's own prompt
+  // passes) reserve, fork, truncate and release through it; the backend
+  // only reads the block tables it is given.
+  KvBlockManager& kv_blocks() { return *kv_blocks_; }
+  const KvBlockManager& kv_blocks() const { return *kv_blocks_; }
+
+  // One forward step: chunk i writes the cache of `sequences[i]`. Checks
+  // and reserves the step's writes (KvBlockManager::ReserveWrites: all or
+  // nothing), fills each chunk's block_table and runs the backend.
+  absl::Status Forward(absl::Span<const SequenceId> sequences,
+                       ForwardBatch* batch, ForwardResult* result);
   // "model_dir (llama, 5 layers, f32)"; says "SYNTHETIC" for random weights.
   std::string Describe() const;
 
@@ -178,6 +196,7 @@ class Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::optional<ChatTemplate> chat_template_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<KvBlockManager> kv_blocks_;
   ModelFingerprint fingerprint_;
 };
 

@@ -69,6 +69,79 @@ SequenceId KvBlockManager::Fork(SequenceId parent, int64_t shared_tokens) {
   return id;
 }
 
+absl::Status KvBlockManager::Truncate(SequenceId sequence, int64_t num_tokens) {
+  auto it = tables_.find(sequence);
+  if (it == tables_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("KV cache: unknown sequence ", sequence));
+  }
+  if (num_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache: cannot keep ", num_tokens, " tokens"));
+  }
+  std::vector<int32_t>& table = it->second;
+  const int64_t keep = (num_tokens + block_size_ - 1) / block_size_;
+  if (keep >= static_cast<int64_t>(table.size())) return absl::OkStatus();
+  if (num_tokens % block_size_ != 0 && shared(table[keep - 1])) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "KV cache: sequence ", sequence, " cannot roll back to ", num_tokens,
+        " tokens: that position is inside a block shared with another "
+        "sequence"));
+  }
+  for (int64_t b = keep; b < static_cast<int64_t>(table.size()); ++b) {
+    if (--ref_counts_[table[b]] == 0) free_list_.push_back(table[b]);
+  }
+  table.resize(keep);
+  return absl::OkStatus();
+}
+
+absl::Status KvBlockManager::ReserveWrites(absl::Span<const Write> writes) {
+  int64_t blocks_needed = 0;
+  for (size_t c = 0; c < writes.size(); ++c) {
+    const Write& write = writes[c];
+    if (!Contains(write.sequence)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", c, ": unknown sequence ", write.sequence));
+    }
+    if (write.count <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", c, ": no tokens"));
+    }
+    for (size_t d = 0; d < c; ++d) {
+      if (writes[d].sequence == write.sequence) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("chunk ", c, ": sequence ", write.sequence,
+                         " already has chunk ", d, " in this step"));
+      }
+    }
+    if (write.start < 0 || write.start > capacity(write.sequence)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", c, ": start position ", write.start,
+                       " leaves a gap in the sequence's cache"));
+    }
+    const std::vector<int32_t>& table = block_table(write.sequence);
+    const int64_t first_block = write.start / block_size_;
+    if (first_block < static_cast<int64_t>(table.size()) &&
+        shared(table[first_block])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", c, ": start position ", write.start,
+                       " writes into a KV block shared with another sequence"));
+    }
+    blocks_needed += BlocksNeeded(write.sequence, write.start + write.count);
+  }
+  if (blocks_needed > free_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "KV cache full: step needs ", blocks_needed, " blocks of ", block_size_,
+        " tokens, ", free_blocks(), " of ", num_blocks_, " free"));
+  }
+  for (const Write& write : writes) {
+    const absl::Status reserved =
+        Reserve(write.sequence, write.start + write.count);
+    LS_CHECK(reserved.ok()) << reserved;  // Counted above.
+  }
+  return absl::OkStatus();
+}
+
 int64_t KvBlockManager::BlocksNeeded(SequenceId sequence,
                                      int64_t num_tokens) const {
   const int64_t needed = (num_tokens + block_size_ - 1) / block_size_;

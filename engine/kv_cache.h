@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 
 namespace litestage {
 
@@ -49,6 +50,31 @@ class KvBlockManager {
   SequenceId Fork(SequenceId parent, int64_t shared_tokens);
   // Whether `block` belongs to more than one sequence.
   bool shared(int32_t block) const { return ref_counts_[block] > 1; }
+
+  // Rolls `sequence` back to its first `num_tokens` positions (speculative
+  // decoding rejects drafted tokens; prefix reuse keeps a prompt and drops
+  // what followed): blocks wholly past them go back to the free list (or
+  // lose this owner); what the last kept block holds past num_tokens is
+  // overwritten by the next write. NotFound for an unknown sequence;
+  // FailedPrecondition when position num_tokens lies inside a block shared
+  // with another sequence (writing there would need a copy); nothing
+  // changes on error. Truncating to capacity or more changes nothing.
+  absl::Status Truncate(SequenceId sequence, int64_t num_tokens);
+
+  // One forward step's cache writes: sequence `sequence` writes positions
+  // [start, start + count).
+  struct Write {
+    SequenceId sequence = 0;
+    int64_t start = 0;
+    int64_t count = 0;
+  };
+  // Checks every write of a step and reserves room for all of them, or for
+  // none: InvalidArgument ("chunk i: ...") for an unknown sequence, an empty
+  // or repeated one, a start that leaves a gap after the sequence's cache
+  // or one that writes into a block shared with another sequence (prefix
+  // caching: shared blocks are read-only); ResourceExhausted when the free
+  // blocks cannot hold them all. The one place a step is validated.
+  absl::Status ReserveWrites(absl::Span<const Write> writes);
 
   // Blocks Reserve(sequence, num_tokens) would take from the free list.
   int64_t BlocksNeeded(SequenceId sequence, int64_t num_tokens) const;

@@ -79,7 +79,7 @@ Scheduler::Scheduler(Engine* engine, const SchedulerOptions& options)
 }
 
 Scheduler::~Scheduler() {
-  KvBlockManager& blocks = engine_->backend().kv_blocks();
+  KvBlockManager& blocks = engine_->kv_blocks();
   for (auto& [handle, sequence] : sequences_) {
     if (sequence->admitted) blocks.Release(sequence->kv_sequence);
   }
@@ -92,7 +92,7 @@ int64_t Scheduler::num_waiting() const {
   return static_cast<int64_t>(waiting_.size());
 }
 double Scheduler::kv_cache_usage() const {
-  return engine_->backend().kv_blocks().usage_ratio();
+  return engine_->kv_blocks().usage_ratio();
 }
 
 absl::StatusOr<int64_t> Scheduler::Validate(
@@ -113,17 +113,13 @@ absl::StatusOr<int64_t> Scheduler::Validate(
     return absl::OutOfRangeError(absl::StrCat(
         "prompt has ", prompt, " tokens, the model's context is ", context));
   }
-  for (int32_t token : request.prompt_tokens) {
-    if (token < 0 || token >= config.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "prompt token id ", token, " outside [0, ", config.vocab_size, ")"));
-    }
-  }
+  LS_RETURN_IF_ERROR(
+      CheckTokenIds(request.prompt_tokens, config.vocab_size, "prompt"));
   // The cache must hold the whole sequence: the prompt and every generated
   // token but the last (never fed back), within the context.
   int64_t tokens = prompt + std::max<int64_t>(request.max_new_tokens - 1, 0);
   if (context > 0) tokens = std::min(tokens, context);
-  const KvBlockManager& blocks = engine_->backend().kv_blocks();
+  const KvBlockManager& blocks = engine_->kv_blocks();
   const int64_t needed =
       (tokens + blocks.block_size() - 1) / blocks.block_size();
   if (needed > blocks.num_blocks()) {
@@ -211,7 +207,7 @@ std::vector<SequenceHandle> Scheduler::EnqueueGroup(
   }
   const int num_layers = engine_->config().num_hidden_layers;
   const std::vector<PrefixShare> plan = PlanPrefixSharing(
-      prompts, limits, engine_->backend().kv_blocks().block_size(),
+      prompts, limits, engine_->kv_blocks().block_size(),
       [&](size_t i, size_t j) {
         return requests[i].skip.SkipsSameAs(requests[j].skip, num_layers);
       });
@@ -280,7 +276,7 @@ void Scheduler::TryFork(Sequence& s) {
     return;
   }
   if (leader->second->prefilled < s.shared_tokens) return;  // Not yet.
-  KvBlockManager& blocks = engine_->backend().kv_blocks();
+  KvBlockManager& blocks = engine_->kv_blocks();
   blocks.Release(s.kv_sequence);
   s.kv_sequence = blocks.Fork(leader->second->kv_sequence, s.shared_tokens);
   s.prefilled = s.shared_tokens;
@@ -289,7 +285,7 @@ void Scheduler::TryFork(Sequence& s) {
 }
 
 void Scheduler::Admit() {
-  KvBlockManager& blocks = engine_->backend().kv_blocks();
+  KvBlockManager& blocks = engine_->kv_blocks();
   while (!waiting_.empty() &&
          static_cast<int64_t>(running_.size()) < options_.max_batch) {
     Sequence& s = *sequences_.at(waiting_.front());
@@ -309,7 +305,7 @@ void Scheduler::Admit() {
 
 void Scheduler::Finish(Sequence& s) {
   if (s.admitted) {
-    engine_->backend().kv_blocks().Release(s.kv_sequence);
+    engine_->kv_blocks().Release(s.kv_sequence);
     reserved_blocks_ -= s.reserved_blocks;
     s.admitted = false;
   }
@@ -449,6 +445,7 @@ absl::Status Scheduler::Step() {
   // whenever its chunk ends at its newest token.
   ForwardBatch batch;
   std::vector<Sequence*> owners;
+  std::vector<SequenceId> kv_sequences;  // [chunks]
   int64_t prefill_budget = options_.max_prefill_tokens;
   for (SequenceHandle handle : running_) {
     Sequence& s = *sequences_.at(handle);
@@ -464,8 +461,7 @@ absl::Status Scheduler::Step() {
           std::min(prompt_length - s.prefilled, prefill_budget);
       const bool last = s.prefilled + count == prompt_length;
       batch.chunks.push_back(
-          SequenceChunk{s.kv_sequence,
-                        absl::MakeConstSpan(s.request.prompt_tokens)
+          SequenceChunk{absl::MakeConstSpan(s.request.prompt_tokens)
                             .subspan(s.prefilled, count),
                         s.prefilled, &s.request.skip,
                         last ? LogitsMode::kLast : LogitsMode::kNone});
@@ -475,17 +471,18 @@ absl::Status Scheduler::Step() {
       const int64_t position =
           prompt_length + static_cast<int64_t>(s.result.tokens.size()) - 1;
       batch.chunks.push_back(
-          SequenceChunk{s.kv_sequence, absl::MakeConstSpan(&s.last_token, 1),
-                        position, &s.request.skip, LogitsMode::kLast});
+          SequenceChunk{absl::MakeConstSpan(&s.last_token, 1), position,
+                        &s.request.skip, LogitsMode::kLast});
     }
     owners.push_back(&s);
+    kv_sequences.push_back(s.kv_sequence);
   }
   last_batch_size_ = static_cast<int64_t>(owners.size());
 
   absl::Status status;
   if (!batch.chunks.empty()) {
     ForwardResult forward;
-    status = engine_->backend().Forward(batch, &forward);
+    status = engine_->Forward(kv_sequences, &batch, &forward);
     if (status.ok()) {
       for (size_t c = 0; c < batch.chunks.size(); ++c) {
         GenerationResult& r = owners[c]->result;

@@ -430,7 +430,7 @@ absl::StatusOr<std::vector<QuestionEval>> EvaluateQuestionsBatched(
     return absl::InvalidArgumentError(
         absl::StrCat("batch must be >= 1, got ", batch));
   }
-  const int64_t block_size = engine.backend().kv_blocks().block_size();
+  const int64_t block_size = engine.kv_blocks().block_size();
   std::vector<QuestionEval> rows;
   if (runs != nullptr) runs->clear();
   for (size_t begin = 0; begin < items.size();

@@ -860,13 +860,19 @@ TEST(GgufWeightsTest, RealSmolLm2MatchesTransformers) {
   for (const json& prompt : (*golden)["prompts"]) {
     const std::vector<int32_t> ids = prompt["ids"].get<std::vector<int32_t>>();
     const json& expected = prompt["last_logits"];
-    const SequenceId sequence = (*backend)->kv_blocks().AddSequence();
+    // The backend alone, below the runtime: the test lays out the block
+    // table the runtime's KvBlockManager would.
+    KvBlockManager blocks((*backend)->num_kv_blocks(),
+                          (*backend)->kv_block_size());
+    const SequenceId sequence = blocks.AddSequence();
+    ASSERT_TRUE(
+        blocks.Reserve(sequence, static_cast<int64_t>(ids.size())).ok());
     ForwardBatch batch;
-    batch.chunks.push_back(SequenceChunk{sequence, absl::MakeConstSpan(ids), 0,
-                                         nullptr, LogitsMode::kLast});
+    batch.chunks.push_back(SequenceChunk{absl::MakeConstSpan(ids), 0, nullptr,
+                                         LogitsMode::kLast,
+                                         blocks.block_table(sequence)});
     ForwardResult result;
     ASSERT_TRUE((*backend)->Forward(batch, &result).ok());
-    (*backend)->kv_blocks().Release(sequence);
     ASSERT_EQ(static_cast<int64_t>(result.logits.size()), vocab);
     const int64_t stride = expected["stride"].get<int64_t>();
     const std::vector<float> strided =

@@ -311,7 +311,7 @@ TEST(EvaluationTest, BatchedFidelityEqualsPerQuestionFidelity) {
       EXPECT_EQ(hits, total);
     }
   }
-  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+  EXPECT_EQ(engine->kv_blocks().num_sequences(), 0);
 }
 
 // The prompt tokens a lone run computes, replayed from a batched run's
@@ -329,7 +329,7 @@ TEST(EvaluationTest, AloneFillTokensReplaysALoneRun) {
   }
   auto batched = RunReasoningBatch(*engine, pipeline, *profile, requests);
   ASSERT_TRUE(batched.ok()) << batched.status();
-  const int64_t block_size = engine->backend().kv_blocks().block_size();
+  const int64_t block_size = engine->kv_blocks().block_size();
   int64_t cross_question_cached = 0;
   for (size_t q = 0; q < items.size(); ++q) {
     auto alone = RunReasoning(*engine, pipeline, *profile, requests[q]);

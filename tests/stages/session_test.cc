@@ -310,7 +310,7 @@ TEST(SessionTest, BatchedRequestsEqualRunningEachAlone) {
       RunReasoningBatch(*engine, pipeline, Builtin("full", layers), requests);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(bad.status().message(), HasSubstr("request 3"));
-  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+  EXPECT_EQ(engine->kv_blocks().num_sequences(), 0);
 }
 
 TEST(SessionTest, JsonCarriesEveryStageRecord) {

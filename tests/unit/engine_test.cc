@@ -84,9 +84,9 @@ TEST(EngineTest, BatchedGenerationEqualsOneAtATime) {
               requests[i].max_new_tokens);
     EXPECT_EQ(single->finish_reason, FinishReason::kLength);
   }
-  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
-  EXPECT_EQ(engine->backend().kv_blocks().free_blocks(),
-            engine->backend().kv_blocks().num_blocks());
+  EXPECT_EQ(engine->kv_blocks().num_sequences(), 0);
+  EXPECT_EQ(engine->kv_blocks().free_blocks(),
+            engine->kv_blocks().num_blocks());
 }
 
 // Decoding token by token through the KV cache must give the logits a single
@@ -101,22 +101,21 @@ TEST(EngineTest, DecodeThroughCacheMatchesChunkedPrefill) {
   ASSERT_TRUE(prefill.ok()) << prefill.status();
   ASSERT_EQ(prefill->size(), tokens.size() * vocab);
 
-  Backend& backend = engine->backend();
-  const SequenceId sequence = backend.kv_blocks().AddSequence();
+  const SequenceId sequence = engine->kv_blocks().AddSequence();
   float worst = 0;
   for (size_t t = 0; t < tokens.size(); ++t) {
     ForwardBatch batch;
-    batch.chunks.push_back(
-        SequenceChunk{sequence, absl::MakeConstSpan(&tokens[t], 1),
-                      static_cast<int64_t>(t), nullptr, LogitsMode::kLast});
+    batch.chunks.push_back(SequenceChunk{absl::MakeConstSpan(&tokens[t], 1),
+                                         static_cast<int64_t>(t), nullptr,
+                                         LogitsMode::kLast});
     ForwardResult result;
-    ASSERT_TRUE(backend.Forward(batch, &result).ok());
+    ASSERT_TRUE(engine->Forward({&sequence, 1}, &batch, &result).ok());
     for (int64_t v = 0; v < vocab; ++v) {
       worst = std::max(worst,
                        std::fabs(result.logits[v] - (*prefill)[t * vocab + v]));
     }
   }
-  backend.kv_blocks().Release(sequence);
+  engine->kv_blocks().Release(sequence);
   // Same fp32 math in a different blocking order: differences are rounding.
   EXPECT_LT(worst, 1e-4f);
 }
@@ -216,20 +215,20 @@ TEST(EngineTest, ObserverSeesEveryExecutedSublayerOfEveryChunk) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
   const int64_t layers = engine->config().num_hidden_layers;
-  Backend& backend = engine->backend();
   SkipSet skip;
   skip.attention.assign(layers, false);
   skip.attention[layers - 1] = true;
-  const SequenceId a = backend.kv_blocks().AddSequence();
-  const SequenceId b = backend.kv_blocks().AddSequence();
+  const SequenceId a = engine->kv_blocks().AddSequence();
+  const SequenceId b = engine->kv_blocks().AddSequence();
   const std::vector<int32_t> ta = Tokens(4, 1), tb = Tokens(6, 2);
   CountingObserver observer;
   ForwardBatch batch;
-  batch.chunks = {SequenceChunk{a, ta, 0, nullptr, LogitsMode::kLast},
-                  SequenceChunk{b, tb, 0, &skip, LogitsMode::kAll}};
+  batch.chunks = {SequenceChunk{ta, 0, nullptr, LogitsMode::kLast},
+                  SequenceChunk{tb, 0, &skip, LogitsMode::kAll}};
   batch.observer = &observer;
   ForwardResult result;
-  ASSERT_TRUE(backend.Forward(batch, &result).ok());
+  const SequenceId ab[] = {a, b};
+  ASSERT_TRUE(engine->Forward(ab, &batch, &result).ok());
   // Chunk a: 2 sub-layers per layer; chunk b: one attention fewer.
   EXPECT_EQ(static_cast<int64_t>(observer.calls.size()),
             2 * layers + 2 * layers - 1);
@@ -242,8 +241,8 @@ TEST(EngineTest, ObserverSeesEveryExecutedSublayerOfEveryChunk) {
   EXPECT_EQ(result.first_logit_row, (std::vector<int64_t>{0, 1}));
   EXPECT_EQ(static_cast<int64_t>(result.logits.size()),
             7 * engine->config().vocab_size);
-  backend.kv_blocks().Release(a);
-  backend.kv_blocks().Release(b);
+  engine->kv_blocks().Release(a);
+  engine->kv_blocks().Release(b);
 }
 
 // Teacher forcing of many sequences (shared prefixes, two skip sets,
@@ -305,7 +304,7 @@ TEST(EngineTest, ScoreContinuationsEqualsPromptLogits) {
     // differs, which the CPU kernels do not depend on.
     EXPECT_EQ(scored[i], expected);
   }
-  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+  EXPECT_EQ(engine->kv_blocks().num_sequences(), 0);
 
   // Bad requests name themselves and leave nothing behind.
   Engine::ScoringRequest bad;
@@ -320,7 +319,7 @@ TEST(EngineTest, ScoreContinuationsEqualsPromptLogits) {
   status = engine->ScoreContinuations(
       {&bad, 1}, [](size_t, int64_t, absl::Span<const float>) {});
   EXPECT_THAT(status.message(), HasSubstr("token id"));
-  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+  EXPECT_EQ(engine->kv_blocks().num_sequences(), 0);
 }
 
 TEST(EngineTest, FullCacheIsAnErrorAndLeaksNothing) {
@@ -330,7 +329,7 @@ TEST(EngineTest, FullCacheIsAnErrorAndLeaksNothing) {
   EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(result.status().message()),
               HasSubstr("KV cache full"));  // At Add: it can never fit.
-  const KvBlockManager& blocks = engine->backend().kv_blocks();
+  const KvBlockManager& blocks = engine->kv_blocks();
   EXPECT_EQ(blocks.free_blocks(), blocks.num_blocks());
   EXPECT_EQ(blocks.num_sequences(), 0);
   // The cache still works afterwards.
@@ -339,30 +338,66 @@ TEST(EngineTest, FullCacheIsAnErrorAndLeaksNothing) {
 
 // Prefix-cached blocks are read-only: a chunk that would overwrite positions
 // inside a block shared with another sequence is refused.
-TEST(EngineTest, BackendRefusesWritesIntoSharedBlocks) {
+TEST(EngineTest, StepsRefuseWritesIntoSharedBlocks) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  Backend& backend = engine->backend();
-  KvBlockManager& blocks = backend.kv_blocks();
+  KvBlockManager& blocks = engine->kv_blocks();
   const std::vector<int32_t> tokens = Tokens(32, 9);
   const SequenceId parent = blocks.AddSequence();
   ForwardBatch batch;
-  batch.chunks.push_back(
-      SequenceChunk{parent, tokens, 0, nullptr, LogitsMode::kLast});
+  batch.chunks.push_back(SequenceChunk{tokens, 0, nullptr, LogitsMode::kLast});
   ForwardResult result;
-  ASSERT_TRUE(backend.Forward(batch, &result).ok());
+  ASSERT_TRUE(engine->Forward({&parent, 1}, &batch, &result).ok());
   const SequenceId child = blocks.Fork(parent, 32);
-  batch.chunks[0] =
-      SequenceChunk{child, absl::MakeConstSpan(tokens).subspan(0, 4), 16,
-                    nullptr, LogitsMode::kLast};
-  const absl::Status status = backend.Forward(batch, &result);
+  batch.chunks[0] = SequenceChunk{absl::MakeConstSpan(tokens).subspan(0, 4), 16,
+                                  nullptr, LogitsMode::kLast};
+  const absl::Status status = engine->Forward({&child, 1}, &batch, &result);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(status.message()), HasSubstr("shared"));
   // Appending after the shared prefix is fine.
   batch.chunks[0].start_position = 32;
-  EXPECT_TRUE(backend.Forward(batch, &result).ok());
+  EXPECT_TRUE(engine->Forward({&child, 1}, &batch, &result).ok());
   blocks.Release(parent);
   blocks.Release(child);
+  EXPECT_EQ(blocks.free_blocks(), blocks.num_blocks());
+}
+
+// Rolling a sequence back (speculative decoding, prefix reuse): after
+// Truncate, feeding other tokens from the cut gives the logits of a fresh
+// sequence that never saw the dropped ones.
+TEST(EngineTest, TruncatedSequenceContinuesAsIfTheDroppedTokensNeverRan) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const int64_t vocab = engine->config().vocab_size;
+  KvBlockManager& blocks = engine->kv_blocks();
+  const std::vector<int32_t> first = Tokens(45, 3), other = Tokens(30, 8);
+  for (const int64_t keep : {int64_t{37}, int64_t{32}}) {  // Mid-block, edge.
+    SCOPED_TRACE(keep);
+    const SequenceId sequence = blocks.AddSequence();
+    ForwardBatch batch;
+    batch.chunks.push_back(SequenceChunk{first, 0, nullptr, LogitsMode::kNone});
+    ForwardResult result;
+    ASSERT_TRUE(engine->Forward({&sequence, 1}, &batch, &result).ok());
+    ASSERT_TRUE(blocks.Truncate(sequence, keep).ok());
+    EXPECT_EQ(blocks.capacity(sequence), (keep + 15) / 16 * 16);
+    batch.chunks[0] = SequenceChunk{other, keep, nullptr, LogitsMode::kAll};
+    ASSERT_TRUE(engine->Forward({&sequence, 1}, &batch, &result).ok());
+    blocks.Release(sequence);
+
+    std::vector<int32_t> fresh(first.begin(), first.begin() + keep);
+    fresh.insert(fresh.end(), other.begin(), other.end());
+    auto expected = engine->PromptLogits(fresh);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    ASSERT_EQ(result.logits.size(), other.size() * vocab);
+    float worst = 0;
+    for (size_t i = 0; i < result.logits.size(); ++i) {
+      worst = std::max(
+          worst, std::fabs(result.logits[i] - (*expected)[keep * vocab + i]));
+    }
+    // The same rows through the same kernels, chunked differently.
+    EXPECT_LT(worst, 1e-4f);
+  }
+  EXPECT_EQ(blocks.num_sequences(), 0);
   EXPECT_EQ(blocks.free_blocks(), blocks.num_blocks());
 }
 

@@ -78,7 +78,7 @@ TEST(SchedulerTest, LateArrivalsMatchRunningAlone) {
     EXPECT_EQ(outcomes[i].result->tokens, alone[i].tokens) << i;
     EXPECT_EQ(outcomes[i].streamed, alone[i].text) << i;
   }
-  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+  EXPECT_EQ(engine->kv_blocks().num_sequences(), 0);
 }
 
 TEST(SchedulerTest, CancelFreesTheCacheAtOnce) {
@@ -101,7 +101,7 @@ TEST(SchedulerTest, CancelFreesTheCacheAtOnce) {
   ASSERT_TRUE(other.result.has_value());
   EXPECT_EQ(other.result->tokens.size(), 20u);
   EXPECT_EQ(scheduler.kv_cache_usage(), 0);
-  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+  EXPECT_EQ(engine->kv_blocks().num_sequences(), 0);
 
   // Cancelling a sequence that never left the queue works too.
   Scheduler tight(engine.get(), {.max_batch = 1});
@@ -171,7 +171,7 @@ TEST(SchedulerTest, BatchSizeIsBoundedAndFinishMayAddMore) {
 TEST(SchedulerTest, PrefixGroupSharesTheCommonPrefix) {
   auto engine = MakeTinyEngine();
   ASSERT_NE(engine, nullptr);
-  ASSERT_EQ(engine->backend().kv_blocks().block_size(), 16);
+  ASSERT_EQ(engine->kv_blocks().block_size(), 16);
   std::vector<GenerationRequest> requests;
   for (int32_t branch = 0; branch < 4; ++branch) {
     GenerationRequest r = Greedy(40, 5, 10);
@@ -208,7 +208,7 @@ TEST(SchedulerTest, PrefixGroupSharesTheCommonPrefix) {
       EXPECT_EQ(r.cached_prompt_tokens, cached) << i;
       EXPECT_EQ(r.forwarded_tokens, 42 - cached + 10 - 1) << i;
     }
-    EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+    EXPECT_EQ(engine->kv_blocks().num_sequences(), 0);
     EXPECT_EQ(scheduler.kv_cache_usage(), 0);
   }
 
@@ -302,7 +302,7 @@ TEST(SchedulerTest, PrefixGroupSharesAlongATree) {
     EXPECT_EQ(outcomes[i].result->tokens, alone[i].tokens) << i;
     EXPECT_EQ(outcomes[i].result->cached_prompt_tokens, cached[i]) << i;
   }
-  EXPECT_EQ(engine->backend().kv_blocks().num_sequences(), 0);
+  EXPECT_EQ(engine->kv_blocks().num_sequences(), 0);
 }
 
 // Two sequences skipping nothing (one with an explicit all-false skip set,
