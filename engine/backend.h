@@ -42,6 +42,14 @@ struct SkipSet {
   bool operator==(const SkipSet& other) const = default;
 };
 
+// Interned skip sets: the runtime (Engine::InternSkipSet) gives every
+// distinct skip set of the model an id and registers it with the backend
+// before any chunk carries it, so a backend can key per-set work (a
+// captured graph, a kernel plan) by a small integer. Id 0 skips nothing and
+// is always registered.
+using SkipSetId = int32_t;
+inline constexpr SkipSetId kNoSkip = 0;
+
 enum class SublayerKind : uint8_t { kAttention, kMlp };
 
 // Sub-layer executions counted per token: a chunk of n tokens through a
@@ -82,7 +90,7 @@ enum class LogitsMode : uint8_t {
 struct SequenceChunk {
   absl::Span<const int32_t> tokens;  // [n] ids inside the vocabulary
   int64_t start_position = 0;  // Tokens of this sequence already in the cache.
-  const SkipSet* skip = nullptr;  // nullptr: skip nothing.
+  SkipSetId skip = kNoSkip;    // Registered with RegisterSkipSet.
   LogitsMode logits = LogitsMode::kLast;
   // The sequence's cache blocks in position order (block i holds positions
   // [i * kv_block_size, (i + 1) * kv_block_size)), covering at least
@@ -108,6 +116,16 @@ struct ForwardResult {
 // past the core count they only contend). Same bound as --threads.
 inline constexpr int kMaxBackendThreads = 1024;
 
+// What a backend does well, which the runtime's policies follow.
+struct BackendCapabilities {
+  // A step mixing sequences of different skip sets costs about what their
+  // rows cost alone, because each sub-layer runs over the rows that execute
+  // it (the CPU backend). A backend that runs a skip set as one fused graph
+  // says false, and the scheduler then gives each skip set its own steps
+  // (SkipSetBatching::kGrouped).
+  bool efficient_mixed_skip_batches = true;
+};
+
 struct BackendOptions {
   int num_threads = 0;              // 0: one per hardware thread.
   int64_t kv_cache_tokens = 16384;  // Total token capacity of the KV cache.
@@ -126,6 +144,11 @@ class Backend {
   // checked at request level); a backend only CHECKs its invariants.
   virtual absl::Status Forward(const ForwardBatch& batch,
                                ForwardResult* result) = 0;
+
+  // Makes `id` stand for `skip` in later chunks ([num_layers] vectors, or
+  // empty for none). Called once per id, ids in increasing order from 1.
+  virtual absl::Status RegisterSkipSet(SkipSetId id, const SkipSet& skip) = 0;
+  virtual BackendCapabilities capabilities() const { return {}; }
 
   // The KV storage the backend laid out: num_kv_blocks() blocks of
   // kv_block_size() tokens, which the runtime's KvBlockManager hands out.

@@ -143,6 +143,12 @@ class CpuBackend final : public Backend {
   absl::Status Forward(const ForwardBatch& batch,
                        ForwardResult* result) override;
 
+  absl::Status RegisterSkipSet(SkipSetId id, const SkipSet& skip) override {
+    LS_CHECK_EQ(id, static_cast<SkipSetId>(skip_sets_.size()));
+    skip_sets_.push_back(skip);
+    return absl::OkStatus();
+  }
+
  private:
   // K (kv = 0) or V (kv = 1) of `kv_head` at `layer` in cache block `block`:
   // [block_size, head_dim] f32.
@@ -166,6 +172,8 @@ class CpuBackend final : public Backend {
   const ModelConfig& config_;
   cpu::ThreadPool pool_;
   const std::vector<float> inv_freq_;  // [head_dim / 2]
+  // By SkipSetId; [0] skips nothing.
+  std::vector<SkipSet> skip_sets_ = {SkipSet::None()};
   const int64_t block_size_;
   int64_t block_floats_ =
       0;  // floats per cache block: [layers, 2, KV heads, block, D]
@@ -200,6 +208,9 @@ void CpuBackend::CheckStep(const ForwardBatch& batch) const {
     for (int32_t token : chunk.tokens) {
       LS_CHECK(token >= 0 && token < config_.vocab_size) << "token " << token;
     }
+    LS_CHECK(chunk.skip >= 0 &&
+             chunk.skip < static_cast<SkipSetId>(skip_sets_.size()))
+        << "chunk " << c << ": skip set " << chunk.skip << " not registered";
   }
 }
 
@@ -408,10 +419,9 @@ absl::Status CpuBackend::Forward(const ForwardBatch& batch,
     const bool attention = kind == SublayerKind::kAttention;
     for (int64_t r = 0; r < num_tokens; ++r) {
       const int64_t chunk = row_chunk_[r];
-      const SkipSet* skip = batch.chunks[chunk].skip;
+      const SkipSet& skip = skip_sets_[batch.chunks[chunk].skip];
       const bool skipped =
-          skip != nullptr &&
-          (attention ? skip->skips_attention(layer) : skip->skips_mlp(layer));
+          attention ? skip.skips_attention(layer) : skip.skips_mlp(layer);
       SublayerCounts& counts = result->chunk_sublayers[chunk];
       if (skipped) {
         ++(attention ? counts.attention_skipped : counts.mlp_skipped);

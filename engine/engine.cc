@@ -136,6 +136,35 @@ absl::Status CheckTokenIds(absl::Span<const int32_t> tokens, int64_t vocab_size,
   return absl::OkStatus();
 }
 
+absl::StatusOr<SkipSetId> Engine::InternSkipSet(const SkipSet& skip) {
+  const int64_t layers = config().num_hidden_layers;
+  if (static_cast<int64_t>(skip.attention.size()) > layers ||
+      static_cast<int64_t>(skip.mlp.size()) > layers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "skip set covers ", std::max(skip.attention.size(), skip.mlp.size()),
+        " layers, the model has ", layers));
+  }
+  if (skip.num_skipped() == 0) return kNoSkip;
+  std::vector<bool> key(2 * layers);
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    key[layer] = skip.skips_attention(layer);
+    key[layers + layer] = skip.skips_mlp(layer);
+  }
+  auto it = skip_set_ids_.find(key);
+  if (it != skip_set_ids_.end()) return it->second;
+  if (static_cast<int64_t>(skip_set_ids_.size()) + 1 >= kMaxSkipSets) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "more than ", kMaxSkipSets, " distinct skip sets on one engine"));
+  }
+  const SkipSetId id = static_cast<SkipSetId>(skip_set_ids_.size()) + 1;
+  SkipSet normalized;
+  normalized.attention.assign(key.begin(), key.begin() + layers);
+  normalized.mlp.assign(key.begin() + layers, key.end());
+  LS_RETURN_IF_ERROR(backend_->RegisterSkipSet(id, normalized));
+  skip_set_ids_.emplace(std::move(key), id);
+  return id;
+}
+
 absl::Status Engine::Forward(absl::Span<const SequenceId> sequences,
                              ForwardBatch* batch, ForwardResult* result) {
   LS_CHECK_EQ(sequences.size(), batch->chunks.size());
@@ -158,6 +187,7 @@ absl::Status Engine::ForwardPrompt(absl::Span<const int32_t> tokens,
                                    std::vector<float>* logits) {
   if (tokens.empty()) return absl::InvalidArgumentError("prompt has no tokens");
   LS_RETURN_IF_ERROR(CheckTokenIds(tokens, config().vocab_size, "prompt"));
+  LS_ASSIGN_OR_RETURN(const SkipSetId skip_id, InternSkipSet(skip));
   KvBlockManager& blocks = *kv_blocks_;
   const SequenceId sequence = blocks.AddSequence();
   absl::Status status;
@@ -167,7 +197,7 @@ absl::Status Engine::ForwardPrompt(absl::Span<const int32_t> tokens,
         std::min<size_t>(kMaxPrefillChunk, tokens.size() - begin);
     ForwardBatch batch;
     batch.chunks.push_back(SequenceChunk{tokens.subspan(begin, count),
-                                         static_cast<int64_t>(begin), &skip,
+                                         static_cast<int64_t>(begin), skip_id,
                                          logits_mode});
     batch.observer = observer;
     ForwardResult result;
@@ -197,6 +227,7 @@ absl::Status Engine::ScoreContinuations(
   // predict past the request.
   std::vector<absl::Span<const int32_t>> fed;
   std::vector<int64_t> limits;
+  std::vector<SkipSetId> skip_ids(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
     const ScoringRequest& r = requests[i];
     const int64_t n = static_cast<int64_t>(r.tokens.size());
@@ -212,17 +243,16 @@ absl::Status Engine::ScoreContinuations(
     }
     LS_RETURN_IF_ERROR(CheckTokenIds(r.tokens, vocab,
                                      absl::StrCat("scoring request ", i, ":")));
+    LS_ASSIGN_OR_RETURN(skip_ids[i], InternSkipSet(r.skip));
     fed.push_back(absl::MakeConstSpan(r.tokens).first(n - 1));
     // Positions from first_scored - 1 on need logits, so this sequence
     // computes them itself.
     limits.push_back(r.first_scored - 1);
   }
-  const int num_layers = config().num_hidden_layers;
   KvBlockManager& blocks = *kv_blocks_;
   const std::vector<PrefixShare> plan = PlanPrefixSharing(
-      fed, limits, blocks.block_size(), [&](size_t i, size_t j) {
-        return requests[i].skip.SkipsSameAs(requests[j].skip, num_layers);
-      });
+      fed, limits, blocks.block_size(),
+      [&](size_t i, size_t j) { return skip_ids[i] == skip_ids[j]; });
   // Requests run in waves: a wave holds every request whose prefix leader
   // has finished, so a step carries many sequences (on the CPU a step with
   // few rows costs a whole read of the weights). A sequence is released
@@ -286,7 +316,7 @@ absl::Status Engine::ScoreContinuations(
         }
         batch.chunks.push_back(
             SequenceChunk{fed[member.request].subspan(member.next, count),
-                          member.next, &requests[member.request].skip,
+                          member.next, skip_ids[member.request],
                           scored ? LogitsMode::kAll : LogitsMode::kNone});
         batch_sequences.push_back(sequences[member.request]);
         members.push_back(m);

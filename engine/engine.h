@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -115,6 +116,14 @@ class Engine {
   KvBlockManager& kv_blocks() { return *kv_blocks_; }
   const KvBlockManager& kv_blocks() const { return *kv_blocks_; }
 
+  // The id of `skip` for chunks (SkipSetId), registered with the backend on
+  // first use; skip sets that skip the same sub-layers (SkipsSameAs) share
+  // one. InvalidArgument when `skip` is longer than the model's layers;
+  // ResourceExhausted past kMaxSkipSets distinct sets (profiles use a few
+  // each, so only a bug or an attack gets there).
+  absl::StatusOr<SkipSetId> InternSkipSet(const SkipSet& skip);
+  static constexpr int64_t kMaxSkipSets = 4096;
+
   // One forward step: chunk i writes the cache of `sequences[i]`. Checks
   // and reserves the step's writes (KvBlockManager::ReserveWrites: all or
   // nothing), fills each chunk's block_table and runs the backend.
@@ -197,6 +206,9 @@ class Engine {
   std::optional<ChatTemplate> chat_template_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<KvBlockManager> kv_blocks_;
+  // Interned skip sets by their [2 * num_layers] flags (attention, then
+  // MLP); the empty set is id kNoSkip and not stored here.
+  std::map<std::vector<bool>, SkipSetId> skip_set_ids_;
   ModelFingerprint fingerprint_;
 };
 

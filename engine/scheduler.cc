@@ -55,6 +55,7 @@ struct Scheduler::Sequence {
   SequenceId kv_sequence = 0;  // Valid once admitted.
   bool admitted = false;
   int64_t reserved_blocks = 0;  // Counted in Scheduler::reserved_blocks_.
+  SkipSetId skip = kNoSkip;     // request.skip, interned.
   int64_t prefilled = 0;        // Prompt tokens already in the cache.
   int32_t last_token = -1;      // Sampled, not yet fed back.
   bool finished = false;
@@ -76,6 +77,10 @@ Scheduler::Scheduler(Engine* engine, const SchedulerOptions& options)
     : engine_(engine), options_(options) {
   LS_CHECK(engine_ != nullptr);
   LS_CHECK(options_.max_batch > 0 && options_.max_prefill_tokens > 0);
+  batching_ = options_.skip_set_batching.value_or(
+      engine_->backend().capabilities().efficient_mixed_skip_batches
+          ? SkipSetBatching::kMixed
+          : SkipSetBatching::kGrouped);
 }
 
 Scheduler::~Scheduler() {
@@ -95,8 +100,8 @@ double Scheduler::kv_cache_usage() const {
   return engine_->kv_blocks().usage_ratio();
 }
 
-absl::StatusOr<int64_t> Scheduler::Validate(
-    const GenerationRequest& request) const {
+absl::StatusOr<Scheduler::Checked> Scheduler::Validate(
+    const GenerationRequest& request) {
   const ModelConfig& config = engine_->config();
   const int64_t context = config.max_position_embeddings;
   const int64_t prompt = static_cast<int64_t>(request.prompt_tokens.size());
@@ -129,17 +134,22 @@ absl::StatusOr<int64_t> Scheduler::Validate(
                      request.max_new_tokens, "), the whole cache holds ",
                      blocks.num_blocks() * blocks.block_size()));
   }
-  return needed;
+  Checked checked;
+  checked.blocks = needed;
+  LS_ASSIGN_OR_RETURN(checked.skip, engine_->InternSkipSet(request.skip));
+  return checked;
 }
 
 SequenceHandle Scheduler::Enqueue(GenerationRequest request,
-                                  SequenceCallbacks callbacks, int64_t blocks) {
+                                  SequenceCallbacks callbacks,
+                                  const Checked& checked) {
   const SequenceHandle handle = next_handle_++;
   auto sequence = std::make_unique<Sequence>(
       std::move(request), std::move(callbacks), engine_->tokenizer());
   // Reserved in full even when a prefix will be shared: conservative, and a
   // follower whose leader is gone can still prefill everything.
-  sequence->reserved_blocks = blocks;
+  sequence->reserved_blocks = checked.blocks;
+  sequence->skip = checked.skip;
   sequence->added_time = Clock::now();
   sequences_.emplace(handle, std::move(sequence));
   waiting_.push_back(handle);
@@ -148,8 +158,8 @@ SequenceHandle Scheduler::Enqueue(GenerationRequest request,
 
 absl::StatusOr<SequenceHandle> Scheduler::Add(GenerationRequest request,
                                               SequenceCallbacks callbacks) {
-  LS_ASSIGN_OR_RETURN(const int64_t blocks, Validate(request));
-  return Enqueue(std::move(request), std::move(callbacks), blocks);
+  LS_ASSIGN_OR_RETURN(const Checked checked, Validate(request));
+  return Enqueue(std::move(request), std::move(callbacks), checked);
 }
 
 std::vector<PrefixShare> PlanPrefixSharing(
@@ -182,41 +192,38 @@ absl::StatusOr<std::vector<SequenceHandle>> Scheduler::AddGroup(
     std::vector<GenerationRequest> requests,
     std::vector<SequenceCallbacks> callbacks) {
   LS_CHECK_EQ(requests.size(), callbacks.size());
-  std::vector<int64_t> blocks(requests.size());
+  std::vector<Checked> checked(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
-    absl::StatusOr<int64_t> needed = Validate(requests[i]);
+    absl::StatusOr<Checked> needed = Validate(requests[i]);
     if (!needed.ok()) {
       return absl::Status(needed.status().code(),
                           absl::StrCat("request ", i, " of the group: ",
                                        needed.status().message()));
     }
-    blocks[i] = *needed;
+    checked[i] = *needed;
   }
-  return EnqueueGroup(std::move(requests), std::move(callbacks), blocks);
+  return EnqueueGroup(std::move(requests), std::move(callbacks), checked);
 }
 
 std::vector<SequenceHandle> Scheduler::EnqueueGroup(
     std::vector<GenerationRequest> requests,
     std::vector<SequenceCallbacks> callbacks,
-    const std::vector<int64_t>& blocks) {
+    const std::vector<Checked>& checked) {
   std::vector<absl::Span<const int32_t>> prompts;
   std::vector<int64_t> limits;
   for (const GenerationRequest& r : requests) {
     prompts.push_back(r.prompt_tokens);
     limits.push_back(static_cast<int64_t>(r.prompt_tokens.size()) - 1);
   }
-  const int num_layers = engine_->config().num_hidden_layers;
   const std::vector<PrefixShare> plan = PlanPrefixSharing(
       prompts, limits, engine_->kv_blocks().block_size(),
-      [&](size_t i, size_t j) {
-        return requests[i].skip.SkipsSameAs(requests[j].skip, num_layers);
-      });
+      [&](size_t i, size_t j) { return checked[i].skip == checked[j].skip; });
 
   std::vector<SequenceHandle> handles;
   handles.reserve(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
     handles.push_back(
-        Enqueue(std::move(requests[i]), std::move(callbacks[i]), blocks[i]));
+        Enqueue(std::move(requests[i]), std::move(callbacks[i]), checked[i]));
     if (plan[i].leader >= 0) {
       Sequence& follower = *sequences_.at(handles.back());
       follower.prefix_leader = handles[plan[i].leader];
@@ -231,16 +238,16 @@ absl::StatusOr<std::vector<SequenceHandle>> Scheduler::AddBatch(
     std::vector<SequenceCallbacks> callbacks) {
   LS_CHECK_EQ(requests.size(), callbacks.size());
   const size_t n = requests.size();
-  std::vector<int64_t> blocks(n);
+  std::vector<Checked> checked(n);
   for (size_t i = 0; i < n; ++i) {
-    absl::StatusOr<int64_t> needed = Validate(requests[i]);
+    absl::StatusOr<Checked> needed = Validate(requests[i]);
     if (!needed.ok()) {
       if (n == 1) return needed.status();
       return absl::Status(
           needed.status().code(),
           absl::StrCat("request ", i, ": ", needed.status().message()));
     }
-    blocks[i] = *needed;
+    checked[i] = *needed;
   }
   std::vector<SequenceHandle> handles(n);
   std::map<int64_t, std::vector<size_t>> groups;
@@ -250,19 +257,19 @@ absl::StatusOr<std::vector<SequenceHandle>> Scheduler::AddBatch(
       continue;
     }
     handles[i] =
-        Enqueue(std::move(requests[i]), std::move(callbacks[i]), blocks[i]);
+        Enqueue(std::move(requests[i]), std::move(callbacks[i]), checked[i]);
   }
   for (const auto& [group, members] : groups) {
     std::vector<GenerationRequest> group_requests;
     std::vector<SequenceCallbacks> group_callbacks;
-    std::vector<int64_t> group_blocks;
+    std::vector<Checked> group_checked;
     for (size_t i : members) {
       group_requests.push_back(std::move(requests[i]));
       group_callbacks.push_back(std::move(callbacks[i]));
-      group_blocks.push_back(blocks[i]);
+      group_checked.push_back(checked[i]);
     }
     const std::vector<SequenceHandle> added = EnqueueGroup(
-        std::move(group_requests), std::move(group_callbacks), group_blocks);
+        std::move(group_requests), std::move(group_callbacks), group_checked);
     for (size_t k = 0; k < members.size(); ++k) handles[members[k]] = added[k];
   }
   return handles;
@@ -334,11 +341,15 @@ void Scheduler::Cancel(SequenceHandle handle) {
   }
 }
 
-absl::StatusOr<SkipSetBatching> ParseSkipSetBatching(absl::string_view name) {
+absl::StatusOr<std::optional<SkipSetBatching>> ParseSkipSetBatching(
+    absl::string_view name) {
+  if (name == "auto") return std::optional<SkipSetBatching>();
   if (name == "mixed") return SkipSetBatching::kMixed;
   if (name == "grouped") return SkipSetBatching::kGrouped;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "skip-set batching must be 'mixed' or 'grouped', got '", name, "'"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("skip-set batching must be 'auto', 'mixed' or 'grouped', "
+                   "got '",
+                   name, "'"));
 }
 
 const char* SkipSetBatchingName(SkipSetBatching batching) {
@@ -420,18 +431,15 @@ absl::Status Scheduler::Step() {
 
   // kGrouped: only the sequences of this step's skip set run; the skip sets
   // present take turns, in order of their oldest running sequence.
-  const SkipSet* step_skip = nullptr;
-  if (options_.skip_set_batching == SkipSetBatching::kGrouped) {
-    std::vector<const SkipSet*> skip_sets;
+  std::optional<SkipSetId> step_skip;
+  if (batching_ == SkipSetBatching::kGrouped) {
+    std::vector<SkipSetId> skip_sets;
     for (SequenceHandle handle : running_) {
       const Sequence& s = *sequences_.at(handle);
       if (s.finished || s.prefix_leader.has_value()) continue;
-      if (std::none_of(skip_sets.begin(), skip_sets.end(),
-                       [&](const SkipSet* seen) {
-                         return seen->SkipsSameAs(s.request.skip,
-                                                  config.num_hidden_layers);
-                       })) {
-        skip_sets.push_back(&s.request.skip);
+      if (std::find(skip_sets.begin(), skip_sets.end(), s.skip) ==
+          skip_sets.end()) {
+        skip_sets.push_back(s.skip);
       }
     }
     if (!skip_sets.empty()) {
@@ -450,29 +458,25 @@ absl::Status Scheduler::Step() {
   for (SequenceHandle handle : running_) {
     Sequence& s = *sequences_.at(handle);
     if (s.finished || s.prefix_leader.has_value()) continue;
-    if (step_skip != nullptr &&
-        !step_skip->SkipsSameAs(s.request.skip, config.num_hidden_layers)) {
-      continue;
-    }
+    if (step_skip.has_value() && *step_skip != s.skip) continue;
     const int64_t prompt_length = s.result.prompt_tokens;
     if (s.prefilled < prompt_length) {
       if (prefill_budget == 0) continue;
       const int64_t count =
           std::min(prompt_length - s.prefilled, prefill_budget);
       const bool last = s.prefilled + count == prompt_length;
-      batch.chunks.push_back(
-          SequenceChunk{absl::MakeConstSpan(s.request.prompt_tokens)
-                            .subspan(s.prefilled, count),
-                        s.prefilled, &s.request.skip,
-                        last ? LogitsMode::kLast : LogitsMode::kNone});
+      batch.chunks.push_back(SequenceChunk{
+          absl::MakeConstSpan(s.request.prompt_tokens)
+              .subspan(s.prefilled, count),
+          s.prefilled, s.skip, last ? LogitsMode::kLast : LogitsMode::kNone});
       s.prefilled += count;
       prefill_budget -= count;
     } else {
       const int64_t position =
           prompt_length + static_cast<int64_t>(s.result.tokens.size()) - 1;
       batch.chunks.push_back(
-          SequenceChunk{absl::MakeConstSpan(&s.last_token, 1), position,
-                        &s.request.skip, LogitsMode::kLast});
+          SequenceChunk{absl::MakeConstSpan(&s.last_token, 1), position, s.skip,
+                        LogitsMode::kLast});
     }
     owners.push_back(&s);
     kv_sequences.push_back(s.kv_sequence);

@@ -19,6 +19,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -44,16 +45,19 @@ enum class SkipSetBatching {
   kGrouped,
 };
 
-// "mixed" | "grouped"; InvalidArgument names the accepted values.
-absl::StatusOr<SkipSetBatching> ParseSkipSetBatching(absl::string_view name);
+// "mixed" | "grouped" | "auto" (nullopt: what the backend's capabilities
+// say); InvalidArgument names the accepted values.
+absl::StatusOr<std::optional<SkipSetBatching>> ParseSkipSetBatching(
+    absl::string_view name);
 const char* SkipSetBatchingName(SkipSetBatching batching);
 
 struct SchedulerOptions {
   int64_t max_batch = 64;  // Most sequences in one forward step.
   int64_t max_prefill_tokens = Engine::kMaxPrefillChunk;  // Per step.
-  // Measured in bench/results/*-server-*: mixed is the faster on the CPU
-  // backend (docs/server.md).
-  SkipSetBatching skip_set_batching = SkipSetBatching::kMixed;
+  // nullopt: follow the backend (BackendCapabilities::
+  // efficient_mixed_skip_batches): mixed on the CPU backend, measured the
+  // faster there in bench/results/*-server-* (docs/server.md).
+  std::optional<SkipSetBatching> skip_set_batching;
 };
 
 using SequenceHandle = uint64_t;
@@ -123,21 +127,27 @@ class Scheduler {
   int64_t num_waiting() const;
   // Sequences in the last step's batch.
   int64_t last_batch_size() const { return last_batch_size_; }
+  // The policy in force (the option, or the backend's choice).
+  SkipSetBatching skip_set_batching() const { return batching_; }
   // Fraction of KV cache blocks in use, in [0, 1].
   double kv_cache_usage() const;
 
  private:
   struct Sequence;
-  // Checks `request`; returns the KV blocks the whole sequence needs.
-  absl::StatusOr<int64_t> Validate(const GenerationRequest& request) const;
+  // What Validate found out about a request.
+  struct Checked {
+    int64_t blocks = 0;        // KV blocks the whole sequence needs.
+    SkipSetId skip = kNoSkip;  // Its skip set, interned.
+  };
+  // Checks `request` and interns its skip set.
+  absl::StatusOr<Checked> Validate(const GenerationRequest& request);
   SequenceHandle Enqueue(GenerationRequest request, SequenceCallbacks callbacks,
-                         int64_t blocks);
-  // Enqueues validated requests (`blocks`: what each needs) as a prefix
-  // group.
+                         const Checked& checked);
+  // Enqueues validated requests as a prefix group.
   std::vector<SequenceHandle> EnqueueGroup(
       std::vector<GenerationRequest> requests,
       std::vector<SequenceCallbacks> callbacks,
-      const std::vector<int64_t>& blocks);
+      const std::vector<Checked>& checked);
   void Admit();
   // Starts `sequence` from its prefix leader's blocks once the leader has
   // prefilled them; gives up on the leader if it is gone.
@@ -146,6 +156,7 @@ class Scheduler {
 
   Engine* engine_;
   SchedulerOptions options_;
+  SkipSetBatching batching_;
   SequenceHandle next_handle_ = 1;
   std::unordered_map<SequenceHandle, std::unique_ptr<Sequence>> sequences_;
   std::deque<SequenceHandle> waiting_;

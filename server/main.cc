@@ -59,10 +59,11 @@ ABSL_FLAG(int64_t, max_queue, 64,
           "Accepted requests that may wait for a batch slot; beyond it new "
           "requests get UNAVAILABLE (retry with backoff or another replica)");
 ABSL_FLAG(int64_t, max_batch, 32, "Most sequences in one forward step");
-ABSL_FLAG(std::string, skip_set_batching, "mixed",
-          "mixed: a step runs every sequence, each sub-layer over the rows "
-          "that execute it; grouped: a step runs one skip set's sequences, "
-          "skip sets taking turns (docs/server.md has the measurements)");
+ABSL_FLAG(std::string, skip_set_batching, "auto",
+          "auto: what the backend does well (mixed on the CPU); mixed: a step "
+          "runs every sequence, each sub-layer over the rows that execute "
+          "it; grouped: a step runs one skip set's sequences, skip sets "
+          "taking turns (docs/server.md has the measurements)");
 ABSL_FLAG(int64_t, kv_cache_tokens, 16384,
           "Token capacity of the KV cache shared by all running sequences");
 ABSL_FLAG(int64_t, max_new_tokens, 512,
@@ -140,7 +141,7 @@ int Run() {
   options.default_profile = absl::GetFlag(FLAGS_default_profile);
   options.max_queue = absl::GetFlag(FLAGS_max_queue);
   options.max_batch = absl::GetFlag(FLAGS_max_batch);
-  absl::StatusOr<SkipSetBatching> skip_set_batching =
+  absl::StatusOr<std::optional<SkipSetBatching>> skip_set_batching =
       ParseSkipSetBatching(absl::GetFlag(FLAGS_skip_set_batching));
   if (!skip_set_batching.ok()) {
     std::fprintf(stderr, "litestage-server: --skip-set-batching: %s\n",

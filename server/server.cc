@@ -367,7 +367,8 @@ absl::Status LiteStageServer::Load() {
   }
   metrics_ready_.store(true, std::memory_order_release);
   LS_LOG(INFO) << "model loaded: " << impl.engine->Describe() << " on "
-               << impl.engine->backend().description();
+               << impl.engine->backend().description() << "; skip-set batching "
+               << SkipSetBatchingName(impl.scheduler->skip_set_batching());
   return absl::OkStatus();
 }
 

@@ -92,7 +92,8 @@ struct ServerOptions {
   int64_t max_queue = 64;  // Admitted requests waiting for the batch.
   int64_t max_batch = 32;  // Sequences per forward step.
   // How sequences of different skip sets share steps (engine/scheduler.h).
-  SkipSetBatching skip_set_batching = SkipSetBatching::kMixed;
+  // nullopt: what the backend's capabilities say (engine/scheduler.h).
+  std::optional<SkipSetBatching> skip_set_batching;
   // Per stage (Reason) and per request (Generate); also Generate's default.
   int64_t max_new_tokens = 512;
   // Metrics go here (the server always keeps them; serve them with

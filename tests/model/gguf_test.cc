@@ -868,7 +868,7 @@ TEST(GgufWeightsTest, RealSmolLm2MatchesTransformers) {
     ASSERT_TRUE(
         blocks.Reserve(sequence, static_cast<int64_t>(ids.size())).ok());
     ForwardBatch batch;
-    batch.chunks.push_back(SequenceChunk{absl::MakeConstSpan(ids), 0, nullptr,
+    batch.chunks.push_back(SequenceChunk{absl::MakeConstSpan(ids), 0, kNoSkip,
                                          LogitsMode::kLast,
                                          blocks.block_table(sequence)});
     ForwardResult result;

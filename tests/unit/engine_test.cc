@@ -106,7 +106,7 @@ TEST(EngineTest, DecodeThroughCacheMatchesChunkedPrefill) {
   for (size_t t = 0; t < tokens.size(); ++t) {
     ForwardBatch batch;
     batch.chunks.push_back(SequenceChunk{absl::MakeConstSpan(&tokens[t], 1),
-                                         static_cast<int64_t>(t), nullptr,
+                                         static_cast<int64_t>(t), kNoSkip,
                                          LogitsMode::kLast});
     ForwardResult result;
     ASSERT_TRUE(engine->Forward({&sequence, 1}, &batch, &result).ok());
@@ -223,8 +223,9 @@ TEST(EngineTest, ObserverSeesEveryExecutedSublayerOfEveryChunk) {
   const std::vector<int32_t> ta = Tokens(4, 1), tb = Tokens(6, 2);
   CountingObserver observer;
   ForwardBatch batch;
-  batch.chunks = {SequenceChunk{ta, 0, nullptr, LogitsMode::kLast},
-                  SequenceChunk{tb, 0, &skip, LogitsMode::kAll}};
+  batch.chunks = {
+      SequenceChunk{ta, 0, kNoSkip, LogitsMode::kLast},
+      SequenceChunk{tb, 0, *engine->InternSkipSet(skip), LogitsMode::kAll}};
   batch.observer = &observer;
   ForwardResult result;
   const SequenceId ab[] = {a, b};
@@ -345,12 +346,12 @@ TEST(EngineTest, StepsRefuseWritesIntoSharedBlocks) {
   const std::vector<int32_t> tokens = Tokens(32, 9);
   const SequenceId parent = blocks.AddSequence();
   ForwardBatch batch;
-  batch.chunks.push_back(SequenceChunk{tokens, 0, nullptr, LogitsMode::kLast});
+  batch.chunks.push_back(SequenceChunk{tokens, 0, kNoSkip, LogitsMode::kLast});
   ForwardResult result;
   ASSERT_TRUE(engine->Forward({&parent, 1}, &batch, &result).ok());
   const SequenceId child = blocks.Fork(parent, 32);
   batch.chunks[0] = SequenceChunk{absl::MakeConstSpan(tokens).subspan(0, 4), 16,
-                                  nullptr, LogitsMode::kLast};
+                                  kNoSkip, LogitsMode::kLast};
   const absl::Status status = engine->Forward({&child, 1}, &batch, &result);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(status.message()), HasSubstr("shared"));
@@ -375,12 +376,12 @@ TEST(EngineTest, TruncatedSequenceContinuesAsIfTheDroppedTokensNeverRan) {
     SCOPED_TRACE(keep);
     const SequenceId sequence = blocks.AddSequence();
     ForwardBatch batch;
-    batch.chunks.push_back(SequenceChunk{first, 0, nullptr, LogitsMode::kNone});
+    batch.chunks.push_back(SequenceChunk{first, 0, kNoSkip, LogitsMode::kNone});
     ForwardResult result;
     ASSERT_TRUE(engine->Forward({&sequence, 1}, &batch, &result).ok());
     ASSERT_TRUE(blocks.Truncate(sequence, keep).ok());
     EXPECT_EQ(blocks.capacity(sequence), (keep + 15) / 16 * 16);
-    batch.chunks[0] = SequenceChunk{other, keep, nullptr, LogitsMode::kAll};
+    batch.chunks[0] = SequenceChunk{other, keep, kNoSkip, LogitsMode::kAll};
     ASSERT_TRUE(engine->Forward({&sequence, 1}, &batch, &result).ok());
     blocks.Release(sequence);
 
@@ -399,6 +400,45 @@ TEST(EngineTest, TruncatedSequenceContinuesAsIfTheDroppedTokensNeverRan) {
   }
   EXPECT_EQ(blocks.num_sequences(), 0);
   EXPECT_EQ(blocks.free_blocks(), blocks.num_blocks());
+}
+
+// Skip sets get one id per distinct set of skipped sub-layers, whatever
+// their spelling; the id is what chunks carry to the backend.
+TEST(EngineTest, SkipSetsAreInternedBySkippedSublayers) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  ASSERT_EQ(engine->config().num_hidden_layers, 2);
+  SkipSet none_spelled_out;
+  none_spelled_out.attention = {false, false};
+  EXPECT_EQ(*engine->InternSkipSet(SkipSet::None()), kNoSkip);
+  EXPECT_EQ(*engine->InternSkipSet(none_spelled_out), kNoSkip);
+  SkipSet mlp1;
+  mlp1.mlp = {false, true};
+  SkipSet mlp1_long = mlp1;
+  mlp1_long.attention = {false, false};
+  SkipSet attention0;
+  attention0.attention = {true};  // Shorter than the model: the rest run.
+  const SkipSetId a = *engine->InternSkipSet(mlp1);
+  EXPECT_NE(a, kNoSkip);
+  EXPECT_EQ(*engine->InternSkipSet(mlp1_long), a);
+  const SkipSetId b = *engine->InternSkipSet(attention0);
+  EXPECT_NE(b, a);
+  EXPECT_NE(b, kNoSkip);
+  EXPECT_EQ(*engine->InternSkipSet(mlp1), a);
+  SkipSet too_long;
+  too_long.mlp = {false, false, true};
+  EXPECT_EQ(engine->InternSkipSet(too_long).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // The backend sees the id's set: the skipped MLP is counted per token.
+  ForwardBatch batch;
+  const std::vector<int32_t> tokens = Tokens(3, 1);
+  batch.chunks.push_back(SequenceChunk{tokens, 0, a, LogitsMode::kLast});
+  ForwardResult result;
+  const SequenceId sequence = engine->kv_blocks().AddSequence();
+  ASSERT_TRUE(engine->Forward({&sequence, 1}, &batch, &result).ok());
+  engine->kv_blocks().Release(sequence);
+  EXPECT_EQ(result.chunk_sublayers[0].mlp_skipped, 3);
+  EXPECT_EQ(result.chunk_sublayers[0].attention_skipped, 0);
 }
 
 TEST(EngineTest, InvalidRequestsNameTheProblem) {

@@ -351,11 +351,18 @@ TEST(SchedulerTest, GroupedBatchingRunsOneSkipSetPerStep) {
       EXPECT_EQ(outcomes[i].result->sublayers, alone[i].sublayers) << i;
     }
   }
-  absl::StatusOr<SkipSetBatching> grouped = ParseSkipSetBatching("grouped");
+  auto grouped = ParseSkipSetBatching("grouped");
   ASSERT_TRUE(grouped.ok());
   EXPECT_EQ(*grouped, SkipSetBatching::kGrouped);
+  auto automatic = ParseSkipSetBatching("auto");
+  ASSERT_TRUE(automatic.ok());
+  EXPECT_FALSE(automatic->has_value());
   EXPECT_THAT(ParseSkipSetBatching("batched").status().message(),
-              HasSubstr("'mixed' or 'grouped'"));
+              HasSubstr("'auto', 'mixed' or 'grouped'"));
+  // Unset, the policy follows the backend: the CPU backend batches mixed.
+  ASSERT_TRUE(engine->backend().capabilities().efficient_mixed_skip_batches);
+  EXPECT_EQ(Scheduler(engine.get(), {}).skip_set_batching(),
+            SkipSetBatching::kMixed);
 }
 
 TEST(SchedulerTest, InvalidRequestsAreRefusedAtAdd) {
