@@ -41,8 +41,10 @@ command=(
   --kv-cache-tokens 65536 --json
 )
 start="$(date -u +%FT%TZ)"
+# The commit the binaries were built from, taken before the long run.
+commit="$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet || echo '+dirty')"
 "${command[@]}" > "$out.json"
 python3 "$root/bench/eval_report.py" "$out.json" "$out.md" \
   --command "bench/eval_tables.sh $dataset $limit" --started "$start" \
-  --commit "$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet || echo '+dirty')"
+  --commit "$commit"
 echo "wrote $out.md"
