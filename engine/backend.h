@@ -179,12 +179,6 @@ absl::Status CheckKvCacheFitsMemory(const ModelConfig& config,
 // Linux, /proc not mounted), in which case the caller skips the check.
 std::optional<uint64_t> AvailableMemoryBytes();
 
-// Creates the backend for `device` ("cpu"; "cuda" once built) over weights
-// that must outlive it. Rejects a KV cache larger than AvailableMemoryBytes.
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
-    const std::string& device, const ModelWeights& weights,
-    const BackendOptions& options);
-
 }  // namespace litestage
 
 #endif  // LITESTAGE_ENGINE_BACKEND_H_

@@ -4,6 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "engine/backend_registry.h"
 #include "engine/model/fingerprint.h"
 #include "engine/scheduler.h"
 #include "engine/util/check.h"

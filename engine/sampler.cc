@@ -5,7 +5,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
-#include "engine/cpu/softmax.h"
+#include "engine/logit_stats.h"
 
 namespace litestage {
 
@@ -59,7 +59,7 @@ Sampler::Sampler(const SamplingParams& params)
 
 int32_t Sampler::Sample(float* logits, int64_t vocab_size,
                         TokenConfidence* confidence) {
-  const cpu::LogitStats stats = cpu::ComputeLogitStats(logits, vocab_size);
+  const LogitStats stats = ComputeLogitStats(logits, vocab_size);
   if (confidence != nullptr) {
     *confidence = {stats.max_prob, stats.max_logit, stats.entropy};
   }

@@ -19,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/backend_registry.h"
 #include "engine/util/flags.h"
 #include "server/metrics.h"
 #include "server/server.h"
@@ -36,7 +37,7 @@ ABSL_FLAG(std::string, port_file, "",
           "listening (for scripts and tests with --port 0)");
 ABSL_FLAG(int32_t, metrics_port, 9090,
           "Prometheus /metrics port on --host; 0 disables the exporter");
-ABSL_FLAG(std::string, device, "cpu", "Compute device: cpu");
+ABSL_FLAG(std::string, device, "cpu", litestage::kDeviceFlagHelp);
 ABSL_FLAG(std::string, dtype, "auto",
           "Weight dtype for matrices: auto (as stored; bf16 for synthetic), "
           "f32 or bf16");

@@ -27,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "engine/backend_registry.h"
 #include "engine/early_exit.h"
 #include "engine/engine.h"
 #include "engine/model/fingerprint.h"
@@ -58,7 +59,7 @@ ABSL_FLAG(bool, json, false,
 ABSL_FLAG(std::vector<std::string>, stop, {}, "Comma-separated stop strings");
 ABSL_FLAG(bool, ignore_eos, false,
           "Keep generating after an end-of-sequence token");
-ABSL_FLAG(std::string, device, "cpu", "Compute device: cpu");
+ABSL_FLAG(std::string, device, "cpu", litestage::kDeviceFlagHelp);
 ABSL_FLAG(std::string, dtype, "auto",
           "Weight dtype for matrices: auto (as stored; bf16 for synthetic), "
           "f32 or bf16");

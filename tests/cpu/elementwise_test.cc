@@ -11,6 +11,7 @@
 #include "engine/cpu/attention.h"
 #include "engine/cpu/rmsnorm.h"
 #include "engine/cpu/softmax.h"
+#include "engine/logit_stats.h"
 #include "gtest/gtest.h"
 
 namespace litestage::cpu {

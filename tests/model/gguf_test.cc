@@ -21,6 +21,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/types/span.h"
 #include "engine/backend.h"
+#include "engine/backend_registry.h"
 #include "engine/model/dequantize.h"
 #include "engine/model/gguf_weights.h"
 #include "engine/model/weights.h"
