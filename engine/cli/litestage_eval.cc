@@ -22,7 +22,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -509,22 +508,11 @@ absl::Status Run() {
 }  // namespace litestage
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  return litestage::RunCommandLineTool(
+      "litestage-eval",
       "Evaluates skip profiles against the full model on a question set.\n"
       "  litestage-eval --model M --pipeline P --dataset FILE [--limit N] "
       "--profiles full,even:4,adaskip:8,FILE,full@ee=4,0.3 [--json] "
-      "[--csv F]\n"
-      "Flags may be spelled with dashes or underscores.");
-  litestage::ParseFlagsAllowingDashes(argc, argv);
-  if (const absl::Status flags = litestage::ValidateFlags(); !flags.ok()) {
-    std::fprintf(stderr, "litestage-eval: %s\n",
-                 std::string(flags.message()).c_str());
-    return litestage::kUsageExitCode;
-  }
-  const absl::Status status = litestage::Run();
-  if (!status.ok()) {
-    std::fprintf(stderr, "litestage-eval: %s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
+      "[--csv F]\n",
+      argc, argv, &litestage::ValidateFlags, &litestage::Run);
 }

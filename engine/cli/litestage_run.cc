@@ -21,7 +21,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -370,25 +369,14 @@ absl::Status Run() {
 }  // namespace litestage
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  return litestage::RunCommandLineTool(
+      "litestage-run",
       "Generates text, or runs a multi-stage reasoning pipeline, locally "
       "with the litestage engine.\n"
       "  litestage-run --model <dir|file.gguf|synthetic:preset> --prompt "
       "<text> --max-new-tokens N\n"
       "  litestage-run --model <...> --pipeline tinythinker --question <text> "
       "--choices \"a|b|c|d\" --profile <file|full|even:K|last:K> "
-      "[--early-exit-window N --early-exit-threshold T] [--json]\n"
-      "Flags may be spelled with dashes or underscores.");
-  litestage::ParseFlagsAllowingDashes(argc, argv);
-  if (const absl::Status flags = litestage::ValidateFlags(); !flags.ok()) {
-    std::fprintf(stderr, "litestage-run: %s\n",
-                 std::string(flags.message()).c_str());
-    return litestage::kUsageExitCode;
-  }
-  const absl::Status status = litestage::Run();
-  if (!status.ok()) {
-    std::fprintf(stderr, "litestage-run: %s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
+      "[--early-exit-window N --early-exit-threshold T] [--json]\n",
+      argc, argv, &litestage::ValidateFlags, &litestage::Run);
 }

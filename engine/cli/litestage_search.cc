@@ -28,7 +28,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -600,23 +599,12 @@ absl::Status Run() {
 }  // namespace litestage
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  return litestage::RunCommandLineTool(
+      "litestage-search",
       "Searches per-stage skip budgets and early exits; writes a profile.\n"
       "  litestage-search --model M --pipeline P --dataset FILE "
       "--calibration N --search N --metric accuracy|fidelity --epsilon E "
       "--max-skip K --out PROFILE.json [--report-dir DIR] [--cache-dir DIR] "
-      "[--seed S]\n"
-      "Flags may be spelled with dashes or underscores.");
-  litestage::ParseFlagsAllowingDashes(argc, argv);
-  if (const absl::Status flags = litestage::ValidateFlags(); !flags.ok()) {
-    std::fprintf(stderr, "litestage-search: %s\n",
-                 std::string(flags.message()).c_str());
-    return litestage::kUsageExitCode;
-  }
-  const absl::Status status = litestage::Run();
-  if (!status.ok()) {
-    std::fprintf(stderr, "litestage-search: %s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
+      "[--seed S]\n",
+      argc, argv, &litestage::ValidateFlags, &litestage::Run);
 }

@@ -1,8 +1,11 @@
 #include "engine/util/flags.h"
 
 #include <cmath>
+#include <cstdio>
+#include <string>
 
 #include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 
 namespace litestage {
@@ -78,6 +81,25 @@ std::vector<char*> ParseFlagsAllowingDashes(int argc, char** argv) {
   for (std::string& arg : *normalized) pointers->push_back(arg.data());
   return absl::ParseCommandLine(static_cast<int>(pointers->size()),
                                 pointers->data());
+}
+
+int RunCommandLineTool(const char* tool, const char* usage, int argc,
+                       char** argv, absl::Status (*validate_flags)(),
+                       absl::Status (*run)()) {
+  absl::SetProgramUsageMessage(
+      absl::StrCat(usage, "Flags may be spelled with dashes or underscores."));
+  ParseFlagsAllowingDashes(argc, argv);
+  if (const absl::Status flags = validate_flags(); !flags.ok()) {
+    std::fprintf(stderr, "%s: %s\n", tool,
+                 std::string(flags.message()).c_str());
+    return kUsageExitCode;
+  }
+  const absl::Status status = run();
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s: %s\n", tool, status.ToString().c_str());
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace litestage

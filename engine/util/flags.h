@@ -80,6 +80,14 @@ std::vector<std::string> NormalizeFlagNames(int argc, char** argv);
 // positional arguments (argv[0] first), as absl::ParseCommandLine does.
 std::vector<char*> ParseFlagsAllowingDashes(int argc, char** argv);
 
+// The main() of the command-line tools (litestage-run, -eval, -search):
+// sets `usage`, parses the flags (ParseFlagsAllowingDashes), runs
+// `validate_flags` (an error: "<tool>: <message>", kUsageExitCode) and then
+// `run` (an error: "<tool>: <status>", exit code 1). Returns the exit code.
+int RunCommandLineTool(const char* tool, const char* usage, int argc,
+                       char** argv, absl::Status (*validate_flags)(),
+                       absl::Status (*run)());
+
 }  // namespace litestage
 
 #endif  // LITESTAGE_ENGINE_UTIL_FLAGS_H_
