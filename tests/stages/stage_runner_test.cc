@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/echo_engine.h"
 #include "tests/stages/tiny_pipeline.h"
 
 namespace litestage {
@@ -376,6 +377,43 @@ TEST(StageRunnerTest, ALaterStageThatDoesNotFitEndsTheJob) {
   EXPECT_THAT(listener.status.message(), HasSubstr("stage 'second'"));
   EXPECT_TRUE(listener.result.sessions.empty());
   EXPECT_EQ(harness.scheduler.kv_cache_usage(), 0.0);
+}
+
+TEST(StageRunnerTest, AFailedBackendStepEndsTheJobsInThatStep) {
+  InProcessEchoKnobs() = {};
+  auto engine = MakeTinyEchoEngine();
+  ASSERT_NE(engine, nullptr);
+  const Pipeline pipeline = ShortPipeline(4, 4, 4);
+  const Profile full = Builtin("full", engine->config().num_hidden_layers);
+  Harness harness(engine.get());
+  RecordingListener listener;
+  ASSERT_TRUE(
+      harness.runner
+          .AddSessions({NewSession(*engine, pipeline, full, Questions()[0])},
+                       &listener)
+          .ok());
+  ASSERT_TRUE(harness.runner.Step().ok());  // Recall's prefill.
+  InProcessEchoKnobs().fail_forward_calls = 1;
+  const absl::Status step = harness.runner.Step();
+  EXPECT_EQ(step.code(), absl::StatusCode::kInternal);
+  ASSERT_TRUE(listener.done());
+  EXPECT_EQ(listener.status.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(listener.status.message(),
+              HasSubstr("backend step failed: echo: injected step failure"));
+  EXPECT_TRUE(listener.result.sessions.empty());
+  EXPECT_TRUE(harness.runner.idle());
+  EXPECT_EQ(harness.scheduler.kv_cache_usage(), 0.0);
+
+  // The runner and the engine keep working afterwards.
+  RecordingListener next;
+  ASSERT_TRUE(
+      harness.runner
+          .AddSessions({NewSession(*engine, pipeline, full, Questions()[1])},
+                       &next)
+          .ok());
+  harness.RunToEnd();
+  EXPECT_TRUE(next.status.ok()) << next.status;
+  InProcessEchoKnobs() = {};
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/echo_engine.h"
 
 namespace litestage {
 namespace {
@@ -380,6 +381,26 @@ TEST(SchedulerTest, InvalidRequestsAreRefusedAtAdd) {
   EXPECT_THAT(scheduler.Add(bad_exit, {}).status().message(),
               HasSubstr("early_exit.window"));
   EXPECT_TRUE(scheduler.idle());
+}
+
+// Unset, the skip-set batching policy follows the backend's capabilities:
+// a backend that runs a skip set as one fused graph gets grouped steps.
+TEST(SchedulerTest, SkipSetBatchingFollowsTheBackendsCapabilities) {
+  InProcessEchoKnobs() = {};
+  for (const bool mixed_is_efficient : {true, false}) {
+    InProcessEchoKnobs().efficient_mixed_skip_batches = mixed_is_efficient;
+    auto engine = MakeTinyEchoEngine();
+    ASSERT_NE(engine, nullptr);
+    Scheduler scheduler(engine.get(), {});
+    EXPECT_EQ(scheduler.skip_set_batching(), mixed_is_efficient
+                                                 ? SkipSetBatching::kMixed
+                                                 : SkipSetBatching::kGrouped);
+    // An explicit option wins.
+    Scheduler forced(engine.get(),
+                     {.skip_set_batching = SkipSetBatching::kMixed});
+    EXPECT_EQ(forced.skip_set_batching(), SkipSetBatching::kMixed);
+  }
+  InProcessEchoKnobs() = {};
 }
 
 }  // namespace
