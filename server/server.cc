@@ -424,8 +424,9 @@ std::optional<absl::Status> StopReason(
     return absl::DeadlineExceededError(
         "deadline exceeded before the request finished");
   }
-  if (job.cancelled.load())
+  if (job.cancelled.load()) {
     return absl::CancelledError("cancelled by the client");
+  }
   if (cancel_all) {
     return absl::UnavailableError(
         "server shut down before the request finished (grace period over); "
