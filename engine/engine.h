@@ -62,9 +62,9 @@ struct GenerationRequest {
   bool ignore_eos = false;  // Keep generating past EOS (benchmarks, tests).
   SkipSet skip;             // Sub-layers this sequence skips.
   EarlyExitConfig early_exit;
-  // GenerateBatch only: requests with the same non-zero group share the KV
-  // of their common prompt prefix (Scheduler::AddGroup) when their skip sets
-  // are equal; the prefix is prefilled once.
+  // Requests added together (GenerateBatch, Scheduler::AddBatch) with the
+  // same non-zero group share the KV of their common prompt prefix when
+  // their skip sets are equal; the prefix is prefilled once.
   int64_t prefix_group = 0;
 };
 

@@ -191,18 +191,8 @@ std::vector<PrefixShare> PlanPrefixSharing(
 absl::StatusOr<std::vector<SequenceHandle>> Scheduler::AddGroup(
     std::vector<GenerationRequest> requests,
     std::vector<SequenceCallbacks> callbacks) {
-  LS_CHECK_EQ(requests.size(), callbacks.size());
-  std::vector<Checked> checked(requests.size());
-  for (size_t i = 0; i < requests.size(); ++i) {
-    absl::StatusOr<Checked> needed = Validate(requests[i]);
-    if (!needed.ok()) {
-      return absl::Status(needed.status().code(),
-                          absl::StrCat("request ", i, " of the group: ",
-                                       needed.status().message()));
-    }
-    checked[i] = *needed;
-  }
-  return EnqueueGroup(std::move(requests), std::move(callbacks), checked);
+  for (GenerationRequest& request : requests) request.prefix_group = 1;
+  return AddBatch(std::move(requests), std::move(callbacks));
 }
 
 std::vector<SequenceHandle> Scheduler::EnqueueGroup(

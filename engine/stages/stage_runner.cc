@@ -146,12 +146,13 @@ absl::Status StageRunner::StartStage(JobId id, Job& job) {
     return handles.status();
   }
   job.handles = *std::move(handles);
-  for (size_t i = 0; i < std::max<size_t>(1, job.sessions.size()); ++i) {
-    size_t branches = 0;
-    for (const auto& [session, branch] : job.owner) {
-      if (session == i) ++branches;
-    }
-    job.listener->OnStageStarted(i, job.stage, branches);
+  // Sequences are in session order, so each session's count is one run.
+  for (size_t k = 0; k < sequences;) {
+    const size_t session = job.owner[k].first;
+    size_t end = k;
+    while (end < sequences && job.owner[end].first == session) ++end;
+    job.listener->OnStageStarted(session, job.stage, end - k);
+    k = end;
   }
   return absl::OkStatus();
 }

@@ -136,6 +136,16 @@ struct Harness {
   void RunToEnd() {
     while (!runner.idle()) ASSERT_TRUE(runner.Step().ok());
   }
+  // Starts one request as a cohort of one (a server request).
+  absl::StatusOr<StageRunner::JobId> Start(const Engine& engine,
+                                           const Pipeline& pipeline,
+                                           const Profile& profile,
+                                           const ReasoningRequest& request,
+                                           StageRunner::Listener* listener) {
+    std::vector<ReasoningSession> sessions;
+    sessions.push_back(NewSession(engine, pipeline, profile, request));
+    return runner.AddSessions(std::move(sessions), listener);
+  }
   Scheduler scheduler;
   StageRunner runner;
 };
@@ -209,23 +219,13 @@ TEST(StageRunnerTest, ConcurrentJobsEqualEachAlone) {
   // share the batch: each must produce what it produces alone.
   Harness harness(engine.get());
   RecordingListener a, b, c, g;
-  ASSERT_TRUE(
-      harness.runner
-          .AddSessions({NewSession(*engine, pipeline, full, requests[0])}, &a)
-          .ok());
+  ASSERT_TRUE(harness.Start(*engine, pipeline, full, requests[0], &a).ok());
   ASSERT_TRUE(harness.runner.Step().ok());
   ASSERT_TRUE(harness.runner.AddGeneration(generation, &g).ok());
-  ASSERT_TRUE(
-      harness.runner
-          .AddSessions({NewSession(*engine, pipeline, skipping, requests[1])},
-                       &b)
-          .ok());
+  ASSERT_TRUE(harness.Start(*engine, pipeline, skipping, requests[1], &b).ok());
   ASSERT_TRUE(harness.runner.Step().ok());
   ASSERT_TRUE(harness.runner.Step().ok());
-  ASSERT_TRUE(
-      harness.runner
-          .AddSessions({NewSession(*engine, pipeline, full, requests[2])}, &c)
-          .ok());
+  ASSERT_TRUE(harness.Start(*engine, pipeline, full, requests[2], &c).ok());
   EXPECT_EQ(harness.runner.num_jobs(), 4);
   harness.RunToEnd();
 
@@ -262,13 +262,9 @@ TEST(StageRunnerTest, CancelEndsOneJobAtOnceAndFreesItsCache) {
 
   Harness harness(engine.get());
   RecordingListener cancelled, kept;
-  auto id = harness.runner.AddSessions(
-      {NewSession(*engine, pipeline, full, requests[2])}, &cancelled);
+  auto id = harness.Start(*engine, pipeline, full, requests[2], &cancelled);
   ASSERT_TRUE(id.ok());
-  ASSERT_TRUE(harness.runner
-                  .AddSessions(
-                      {NewSession(*engine, pipeline, full, requests[1])}, &kept)
-                  .ok());
+  ASSERT_TRUE(harness.Start(*engine, pipeline, full, requests[1], &kept).ok());
   // Into the fan-out stage of the job to cancel.
   while (cancelled.finished.empty()) ASSERT_TRUE(harness.runner.Step().ok());
   ASSERT_TRUE(harness.runner.Step().ok());
@@ -365,10 +361,7 @@ TEST(StageRunnerTest, ALaterStageThatDoesNotFitEndsTheJob) {
   request.choices = {"yes", "no"};
   Harness harness(engine.get());
   RecordingListener listener;
-  ASSERT_TRUE(harness.runner
-                  .AddSessions({NewSession(*engine, *pipeline, full, request)},
-                               &listener)
-                  .ok());
+  ASSERT_TRUE(harness.Start(*engine, *pipeline, full, request, &listener).ok());
   harness.RunToEnd();
   ASSERT_TRUE(listener.done());
   ASSERT_EQ(listener.finished.size(), 1u) << "only the first stage ran";
@@ -388,10 +381,7 @@ TEST(StageRunnerTest, AFailedBackendStepEndsTheJobsInThatStep) {
   Harness harness(engine.get());
   RecordingListener listener;
   ASSERT_TRUE(
-      harness.runner
-          .AddSessions({NewSession(*engine, pipeline, full, Questions()[0])},
-                       &listener)
-          .ok());
+      harness.Start(*engine, pipeline, full, Questions()[0], &listener).ok());
   ASSERT_TRUE(harness.runner.Step().ok());  // Recall's prefill.
   InProcessEchoKnobs().fail_forward_calls = 1;
   const absl::Status step = harness.runner.Step();
@@ -407,10 +397,7 @@ TEST(StageRunnerTest, AFailedBackendStepEndsTheJobsInThatStep) {
   // The runner and the engine keep working afterwards.
   RecordingListener next;
   ASSERT_TRUE(
-      harness.runner
-          .AddSessions({NewSession(*engine, pipeline, full, Questions()[1])},
-                       &next)
-          .ok());
+      harness.Start(*engine, pipeline, full, Questions()[1], &next).ok());
   harness.RunToEnd();
   EXPECT_TRUE(next.status.ok()) << next.status;
   InProcessEchoKnobs() = {};
