@@ -16,6 +16,7 @@
 #include "absl/types/span.h"
 #include "engine/kv_cache.h"
 #include "engine/model/weights.h"
+#include "engine/sampler.h"
 
 namespace litestage {
 
@@ -79,10 +80,16 @@ class SublayerObserver {
                        int64_t num_tokens, int64_t hidden_size) = 0;
 };
 
+// What a step returns for a chunk. Generation asks for kSample, so only a
+// token id and three floats per sequence cross from the backend (a GPU keeps
+// the [vocab] row on the device); logits are for the callers that read
+// them: golden tests, PromptLogits, teacher-forced scoring.
 enum class LogitsMode : uint8_t {
-  kNone,  // Prefill chunk whose logits nobody needs yet.
-  kLast,  // Logits of the chunk's last token (decode, end of prefill).
-  kAll,   // Logits of every token (tests, scoring).
+  kNone,    // Prefill chunk whose logits nobody needs yet.
+  kSample,  // The token sampled at the chunk's last position (chunk.draw)
+            // and its confidence: ForwardResult::sampled. No logits.
+  kLast,    // Logits of the chunk's last token.
+  kAll,     // Logits of every token.
 };
 
 // The new tokens of one sequence in a forward step: a prefill chunk or one
@@ -91,12 +98,13 @@ struct SequenceChunk {
   absl::Span<const int32_t> tokens;  // [n] ids inside the vocabulary
   int64_t start_position = 0;  // Tokens of this sequence already in the cache.
   SkipSetId skip = kNoSkip;    // Registered with RegisterSkipSet.
-  LogitsMode logits = LogitsMode::kLast;
+  LogitsMode logits = LogitsMode::kSample;
   // The sequence's cache blocks in position order (block i holds positions
   // [i * kv_block_size, (i + 1) * kv_block_size)), covering at least
   // start_position + tokens.size(): the runtime's KvBlockManager reserved
   // them (Engine::Forward fills this in). The backend owns the storage only.
   absl::Span<const int32_t> block_table;
+  TokenDraw draw;  // kSample: how the token is picked (greedy by default).
 };
 
 struct ForwardBatch {
@@ -104,11 +112,19 @@ struct ForwardBatch {
   SublayerObserver* observer = nullptr;  // Optional; slows the step down.
 };
 
+// A kSample chunk's token, picked as SampleToken picks it from the logits
+// of the chunk's last position, and that row's confidence.
+struct SampledToken {
+  int32_t token = -1;
+  TokenConfidence confidence;
+};
+
 struct ForwardResult {
   std::vector<float> logits;  // [num_logit_rows, vocab_size] f32
   // Chunk i's logit rows start at first_logit_row[i]: one row for kLast,
-  // tokens.size() rows for kAll, none for kNone.
+  // tokens.size() rows for kAll, none for kNone and kSample.
   std::vector<int64_t> first_logit_row;
+  std::vector<SampledToken> sampled;  // [chunks]; token -1 unless kSample.
   std::vector<SublayerCounts> chunk_sublayers;  // [chunks]
 };
 
@@ -139,7 +155,8 @@ class Backend {
   virtual std::string description() const = 0;  // ISA, threads, device.
 
   // Runs one step over every chunk of `batch`: writes their K/V into the
-  // blocks their block tables name and returns the requested logits. The
+  // blocks their block tables name and returns what each chunk asks for
+  // (LogitsMode): sampled tokens with their confidences, or logits. The
   // runtime validated the step (KvBlockManager::ReserveWrites, token ids
   // checked at request level); a backend only CHECKs its invariants.
   virtual absl::Status Forward(const ForwardBatch& batch,

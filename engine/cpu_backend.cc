@@ -168,6 +168,8 @@ class CpuBackend final : public Backend {
                const std::vector<int64_t>& rows);
   void GatherRows(const std::vector<int64_t>& rows,
                   float* out /*[rows, H]*/) const;
+  // The final norm and LM head over residual rows `rows`.
+  void LmHead(const std::vector<int64_t>& rows, float* logits /*[rows, V]*/);
 
   const ModelWeights& weights_;
   const ModelConfig& config_;
@@ -185,14 +187,30 @@ class CpuBackend final : public Backend {
   std::vector<int64_t> row_chunk_;     // [T] chunk of each row
   std::vector<int64_t> row_position_;  // [T] position of each row
   const ForwardBatch* batch_ = nullptr;
-  std::vector<float> residual_;        // [T, H] the residual stream x
-  std::vector<float> normed_;          // [R, H] norm(x) of participating rows
-  std::vector<float> q_, k_, v_;       // [R, Q], [R, KV], [R, KV]
-  std::vector<float> attn_out_;        // [R, Q]
-  std::vector<float> proj_out_;        // [R, H]
-  std::vector<float> gate_, up_;       // [R, I]
-  std::vector<float> observed_input_;  // [R, H] residual before a sub-layer
+  std::vector<float> residual_;         // [T, H] the residual stream x
+  std::vector<float> normed_;           // [R, H] norm(x) of participating rows
+  std::vector<float> q_, k_, v_;        // [R, Q], [R, KV], [R, KV]
+  std::vector<float> attn_out_;         // [R, Q]
+  std::vector<float> proj_out_;         // [R, H]
+  std::vector<float> gate_, up_;        // [R, I]
+  std::vector<float> observed_input_;   // [R, H] residual before a sub-layer
+  std::vector<int64_t> sample_rows_;    // [S] rows of the kSample chunks
+  std::vector<int64_t> sample_chunks_;  // [S] their chunks
+  std::vector<float> sample_logits_;    // [S, V] logits sampled from
 };
+
+void CpuBackend::LmHead(const std::vector<int64_t>& rows, float* logits) {
+  if (rows.empty()) return;
+  const int64_t hidden = config_.hidden_size;
+  const int64_t num_rows = static_cast<int64_t>(rows.size());
+  normed_.resize(num_rows * hidden);
+  for (int64_t i = 0; i < num_rows; ++i) {
+    cpu::RmsNorm(residual_.data() + rows[i] * hidden, weights_.norm.f32(), 1,
+                 hidden, static_cast<float>(config_.rms_norm_eps),
+                 normed_.data() + i * hidden);
+  }
+  cpu::MatMul(normed_.data(), num_rows, weights_.lm_head, logits, pool_);
+}
 
 void CpuBackend::CheckStep(const ForwardBatch& batch) const {
   for (size_t c = 0; c < batch.chunks.size(); ++c) {
@@ -451,9 +469,14 @@ absl::Status CpuBackend::Forward(const ForwardBatch& batch,
     }
   }
 
-  // Final norm and LM head, only for the rows whose logits were asked for.
+  // Final norm and LM head, only for the rows someone reads: logit rows
+  // (kLast, kAll) into the result, the rows sampled from (kSample) into
+  // scratch, from where only the picked tokens leave.
   rows.clear();
+  sample_rows_.clear();
+  sample_chunks_.clear();
   result->first_logit_row.assign(batch.chunks.size(), 0);
+  result->sampled.assign(batch.chunks.size(), SampledToken{});
   for (int64_t r = 0, c = 0; c < static_cast<int64_t>(batch.chunks.size());
        ++c) {
     const SequenceChunk& chunk = batch.chunks[c];
@@ -463,21 +486,31 @@ absl::Status CpuBackend::Forward(const ForwardBatch& batch,
       for (int64_t t = 0; t < n; ++t) rows.push_back(r + t);
     } else if (chunk.logits == LogitsMode::kLast) {
       rows.push_back(r + n - 1);
+    } else if (chunk.logits == LogitsMode::kSample) {
+      sample_rows_.push_back(r + n - 1);
+      sample_chunks_.push_back(c);
     }
     r += n;
   }
-  const int64_t num_logit_rows = static_cast<int64_t>(rows.size());
-  normed_.resize(num_logit_rows * hidden);
-  for (int64_t i = 0; i < num_logit_rows; ++i) {
-    cpu::RmsNorm(residual_.data() + rows[i] * hidden, weights_.norm.f32(), 1,
-                 hidden, static_cast<float>(config_.rms_norm_eps),
-                 normed_.data() + i * hidden);
-  }
-  result->logits.resize(num_logit_rows * config_.vocab_size);
-  if (num_logit_rows > 0) {
-    cpu::MatMul(normed_.data(), num_logit_rows, weights_.lm_head,
-                result->logits.data(), pool_);
-  }
+  const int64_t vocab = config_.vocab_size;
+  result->logits.resize(rows.size() * vocab);
+  LmHead(rows, result->logits.data());
+  sample_logits_.resize(sample_rows_.size() * vocab);
+  LmHead(sample_rows_, sample_logits_.data());
+  // One row per task: a row's selection is a pass over the vocabulary (a
+  // sort of it for top-p), independent of the others.
+  pool_.ParallelFor(static_cast<int64_t>(sample_rows_.size()),
+                    [&](int64_t begin, int64_t end) {
+                      SamplingScratch scratch;
+                      for (int64_t i = begin; i < end; ++i) {
+                        const int64_t c = sample_chunks_[i];
+                        SampledToken& sampled = result->sampled[c];
+                        sampled.token =
+                            SampleToken(sample_logits_.data() + i * vocab,
+                                        vocab, batch.chunks[c].draw,
+                                        &sampled.confidence, &scratch);
+                      }
+                    });
   batch_ = nullptr;
   return absl::OkStatus();
 }

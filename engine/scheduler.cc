@@ -458,7 +458,7 @@ absl::Status Scheduler::Step() {
       batch.chunks.push_back(SequenceChunk{
           absl::MakeConstSpan(s.request.prompt_tokens)
               .subspan(s.prefilled, count),
-          s.prefilled, s.skip, last ? LogitsMode::kLast : LogitsMode::kNone});
+          s.prefilled, s.skip, last ? LogitsMode::kSample : LogitsMode::kNone});
       s.prefilled += count;
       prefill_budget -= count;
     } else {
@@ -466,7 +466,10 @@ absl::Status Scheduler::Step() {
           prompt_length + static_cast<int64_t>(s.result.tokens.size()) - 1;
       batch.chunks.push_back(
           SequenceChunk{absl::MakeConstSpan(&s.last_token, 1), position, s.skip,
-                        LogitsMode::kLast});
+                        LogitsMode::kSample});
+    }
+    if (batch.chunks.back().logits == LogitsMode::kSample) {
+      batch.chunks.back().draw = s.sampler.Next();
     }
     owners.push_back(&s);
     kv_sequences.push_back(s.kv_sequence);
@@ -483,13 +486,9 @@ absl::Status Scheduler::Step() {
         r.sublayers += forward.chunk_sublayers[c];
         r.forwarded_tokens +=
             static_cast<int64_t>(batch.chunks[c].tokens.size());
-        if (batch.chunks[c].logits != LogitsMode::kLast) continue;
-        float* logits = forward.logits.data() +
-                        forward.first_logit_row[c] * config.vocab_size;
-        TokenConfidence confidence;
-        const int32_t token =
-            owners[c]->sampler.Sample(logits, config.vocab_size, &confidence);
-        accept_token(*owners[c], token, confidence);
+        if (batch.chunks[c].logits != LogitsMode::kSample) continue;
+        const SampledToken& sampled = forward.sampled[c];
+        accept_token(*owners[c], sampled.token, sampled.confidence);
       }
     } else {
       // The step's sequences cannot continue: their cache is in an unknown

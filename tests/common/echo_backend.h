@@ -3,13 +3,15 @@
 // row puts 10 on the token after the row's own (token + 1, modulo the
 // vocabulary) and 0 elsewhere, so greedy generation counts upwards. Knobs
 // change its reported capabilities and inject step failures. Header-only
-// and built from the interface headers alone, so the test plugin
-// (echo_backend_plugin.cc) wraps the same class.
+// over the interface headers and the reference sampler (litestage_sampling),
+// so the test plugin (echo_backend_plugin.cc) wraps the same class.
 #ifndef LITESTAGE_TESTS_COMMON_ECHO_BACKEND_H_
 #define LITESTAGE_TESTS_COMMON_ECHO_BACKEND_H_
 
+#include <algorithm>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "engine/backend.h"
 
@@ -53,7 +55,14 @@ class EchoBackend final : public Backend {
     }
     result->logits.clear();
     result->first_logit_row.clear();
+    result->sampled.assign(batch.chunks.size(), SampledToken{});
     result->chunk_sublayers.assign(batch.chunks.size(), {});
+    // The logits of a position: 10 at (token + 1) % vocab, 0 elsewhere.
+    std::vector<float> row(vocab_);
+    const auto echo_row = [&](int32_t token) {
+      std::fill(row.begin(), row.end(), 0.0f);
+      row[(token + 1) % vocab_] = 10.0f;
+    };
     int64_t rows = 0;
     for (size_t c = 0; c < batch.chunks.size(); ++c) {
       const SequenceChunk& chunk = batch.chunks[c];
@@ -61,12 +70,20 @@ class EchoBackend final : public Backend {
       result->first_logit_row.push_back(rows);
       result->chunk_sublayers[c].attention_executed = n * layers_;
       result->chunk_sublayers[c].mlp_executed = n * layers_;
+      if (chunk.logits == LogitsMode::kSample) {
+        echo_row(chunk.tokens[n - 1]);
+        SamplingScratch scratch;
+        result->sampled[c].token =
+            SampleToken(row.data(), vocab_, chunk.draw,
+                        &result->sampled[c].confidence, &scratch);
+        continue;
+      }
       const int64_t first = chunk.logits == LogitsMode::kAll    ? 0
                             : chunk.logits == LogitsMode::kLast ? n - 1
                                                                 : n;
       for (int64_t t = first; t < n; ++t) {
-        result->logits.resize((rows + 1) * vocab_, 0.0f);
-        result->logits[rows * vocab_ + (chunk.tokens[t] + 1) % vocab_] = 10.0f;
+        echo_row(chunk.tokens[t]);
+        result->logits.insert(result->logits.end(), row.begin(), row.end());
         ++rows;
       }
     }

@@ -64,6 +64,60 @@ TEST(SamplerTest, TopKAndTopPRestrictTheCandidates) {
   }
 }
 
+// Tokens the sampler gave for these seeds before the draw moved into the
+// forward step (recorded at 21361a1 with the host-side Sampler::Sample):
+// the split into Sampler::Next (host) and SampleToken (backend) must give
+// the same stream, bit for bit.
+TEST(SamplerTest, SeededStreamsAreTheOnesRecordedBeforeTheSplit) {
+  std::vector<float> logits(50);
+  for (int i = 0; i < 50; ++i) logits[i] = std::sin(i * 1.7f) * 3.0f;
+  struct Case {
+    SamplingParams params;
+    std::vector<int32_t> tokens;
+  };
+  const std::vector<Case> cases = {
+      {{1.0f, 0, 1.0f, 1}, {5,  5,  23, 1,  16, 46, 23, 1,  27, 34, 4,  27,
+                            39, 12, 20, 12, 13, 41, 23, 12, 12, 38, 23, 16}},
+      {{0.7f, 5, 1.0f, 2}, {38, 38, 23, 38, 49, 12, 49, 12, 12, 23, 23, 38,
+                            23, 12, 12, 12, 38, 1,  49, 49, 12, 12, 1,  1}},
+      {{1.3f, 0, 0.8f, 3}, {45, 1,  45, 38, 45, 38, 8,  34, 8,  49, 49, 45,
+                            45, 30, 23, 12, 23, 5,  41, 27, 38, 1,  12, 12}},
+      {{0.9f, 10, 0.5f, 4}, {23, 1,  1,  12, 1,  12, 38, 12, 23, 23, 23, 1,
+                             1,  49, 38, 23, 49, 12, 38, 23, 38, 49, 38, 1}},
+  };
+  for (const Case& c : cases) {
+    Sampler host(c.params);
+    Sampler streamed(c.params);
+    SamplingScratch scratch;
+    for (size_t i = 0; i < c.tokens.size(); ++i) {
+      EXPECT_EQ(host.Sample(logits.data(), 50, nullptr), c.tokens[i])
+          << "seed " << c.params.seed << " token " << i;
+      // What a backend computes from the draw the step carries.
+      EXPECT_EQ(
+          SampleToken(logits.data(), 50, streamed.Next(), nullptr, &scratch),
+          c.tokens[i])
+          << "seed " << c.params.seed << " token " << i;
+    }
+  }
+}
+
+TEST(SamplerTest, GreedyDrawsTakeNothingFromTheStream) {
+  SamplingParams params;
+  params.seed = 9;
+  Sampler sampler(params);
+  for (int i = 0; i < 3; ++i) {
+    const TokenDraw draw = sampler.Next();
+    EXPECT_TRUE(draw.greedy());
+    EXPECT_EQ(draw.uniform, 0.0);
+  }
+  params.temperature = 1.0f;
+  Sampler random(params);
+  const double first = random.Next().uniform;
+  EXPECT_GE(first, 0.0);
+  EXPECT_LT(first, 1.0);
+  EXPECT_NE(first, random.Next().uniform);
+}
+
 TEST(SamplerTest, RejectsBadParameters) {
   SamplingParams params;
   params.temperature = -1;
