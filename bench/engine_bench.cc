@@ -42,7 +42,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "bench/read_bandwidth.h"
-#include "engine/engine.h"
+#include "engine/runtime/engine.h"
 #include "engine/util/check.h"
 #include "engine/util/flags.h"
 #include "engine/util/status_macros.h"

@@ -14,10 +14,10 @@
 #include <vector>
 
 #include "bench/read_bandwidth.h"
-#include "engine/cpu/cpu_features.h"
-#include "engine/cpu/matmul.h"
-#include "engine/cpu/thread_pool.h"
-#include "engine/tensor.h"
+#include "engine/backends/cpu/cpu_features.h"
+#include "engine/backends/cpu/matmul.h"
+#include "engine/backends/cpu/thread_pool.h"
+#include "engine/model/tensor.h"
 #include "engine/util/float16.h"
 
 namespace litestage::cpu {

@@ -38,7 +38,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "client/load_stats.h"
-#include "engine/early_exit.h"
+#include "engine/runtime/early_exit.h"
 #include "engine/stages/dataset.h"
 #include "engine/util/flags.h"
 #include "engine/util/mapped_file.h"

@@ -10,7 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/engine.h"
+#include "engine/runtime/engine.h"
 #include "engine/stages/profile.h"
 #include "engine/stages/session.h"
 #include "grpcpp/support/status.h"

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/engine.h"
+#include "engine/runtime/engine.h"
 #include "engine/stages/pipeline.h"
 #include "engine/stages/profile.h"
 #include "engine/stages/session.h"

@@ -19,7 +19,7 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "engine/backend_registry.h"
+#include "engine/backend/registry.h"
 #include "engine/util/flags.h"
 #include "server/metrics.h"
 #include "server/server.h"

@@ -10,7 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "engine/scheduler.h"
+#include "engine/runtime/scheduler.h"
 #include "engine/stages/session.h"
 #include "engine/stages/stage_runner.h"
 #include "engine/util/check.h"

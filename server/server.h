@@ -43,8 +43,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/engine.h"
-#include "engine/scheduler.h"
+#include "engine/runtime/engine.h"
+#include "engine/runtime/scheduler.h"
 #include "engine/stages/pipeline.h"
 #include "engine/stages/profile.h"
 #include "engine/stages/shipped_profiles.h"
@@ -91,8 +91,9 @@ struct ServerOptions {
   std::string default_profile = "full";
   int64_t max_queue = 64;  // Admitted requests waiting for the batch.
   int64_t max_batch = 32;  // Sequences per forward step.
-  // How sequences of different skip sets share steps (engine/scheduler.h).
-  // nullopt: what the backend's capabilities say (engine/scheduler.h).
+  // How sequences of different skip sets share steps
+  // (engine/runtime/scheduler.h). nullopt: what the backend's capabilities say
+  // (engine/runtime/scheduler.h).
   std::optional<SkipSetBatching> skip_set_batching;
   // Per stage (Reason) and per request (Generate); also Generate's default.
   int64_t max_new_tokens = 512;

@@ -8,7 +8,7 @@
 #include <functional>
 #include <memory>
 
-#include "engine/tensor.h"
+#include "engine/model/tensor.h"
 
 namespace litestage {
 

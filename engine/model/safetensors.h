@@ -15,7 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "engine/tensor.h"
+#include "engine/model/tensor.h"
 #include "engine/util/mapped_file.h"
 
 namespace litestage {

@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model/config.h"
-#include "engine/tensor.h"
+#include "engine/model/tensor.h"
 #include "engine/util/mapped_file.h"
 
 namespace litestage {

@@ -13,9 +13,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "engine/early_exit.h"
-#include "engine/sampler.h"
-#include "engine/scheduler.h"
+#include "engine/runtime/early_exit.h"
+#include "engine/runtime/sampler.h"
+#include "engine/runtime/scheduler.h"
 #include "engine/util/check.h"
 #include "engine/util/status_macros.h"
 

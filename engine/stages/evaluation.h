@@ -23,7 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "engine/engine.h"
+#include "engine/runtime/engine.h"
 #include "engine/stages/dataset.h"
 #include "engine/stages/pipeline.h"
 #include "engine/stages/profile.h"

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/engine.h"
+#include "engine/runtime/engine.h"
 #include "engine/stages/dataset.h"
 #include "engine/stages/pipeline.h"
 #include "engine/stages/profile.h"

@@ -19,9 +19,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "engine/backend.h"
-#include "engine/engine.h"
+#include "engine/backend/backend.h"
 #include "engine/model/fingerprint.h"
+#include "engine/runtime/engine.h"
 #include "nlohmann/json.hpp"
 
 namespace litestage {

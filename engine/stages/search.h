@@ -18,8 +18,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/early_exit.h"
 #include "engine/model/fingerprint.h"
+#include "engine/runtime/early_exit.h"
 #include "engine/stages/profile.h"
 
 namespace litestage {

@@ -15,7 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "engine/engine.h"
+#include "engine/runtime/engine.h"
 #include "engine/stages/dataset.h"
 #include "engine/stages/evaluation.h"
 #include "engine/stages/pipeline.h"

@@ -22,7 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "engine/engine.h"
+#include "engine/runtime/engine.h"
 #include "engine/stages/pipeline.h"
 #include "engine/stages/profile.h"
 #include "nlohmann/json.hpp"

@@ -30,7 +30,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/scheduler.h"
+#include "engine/runtime/scheduler.h"
 #include "engine/stages/session.h"
 
 namespace litestage {

@@ -63,7 +63,7 @@ absl::Status CheckSamplingFlags(double temperature, int64_t top_k,
 
 // --early-exit-window (-1: the profile's), --early-exit-threshold and
 // --early-exit-min-tokens, shared the same way; `max_window` and
-// `max_min_tokens` are engine/early_exit.h's bounds.
+// `max_min_tokens` are engine/runtime/early_exit.h's bounds.
 absl::Status CheckEarlyExitFlags(int64_t window, double threshold,
                                  int64_t min_tokens, int64_t max_window,
                                  int64_t max_min_tokens);

@@ -1,5 +1,5 @@
 // Scalar conversions between fp32 and the 16-bit float formats found in model
-// files. Vectorised versions live with the kernels (engine/cpu/).
+// files. Vectorised versions live with the kernels (engine/backends/cpu/).
 #ifndef LITESTAGE_ENGINE_UTIL_FLOAT16_H_
 #define LITESTAGE_ENGINE_UTIL_FLOAT16_H_
 

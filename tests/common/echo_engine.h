@@ -7,8 +7,8 @@
 
 #include <memory>
 
-#include "engine/backend_registry.h"
-#include "engine/engine.h"
+#include "engine/backend/registry.h"
+#include "engine/runtime/engine.h"
 #include "gtest/gtest.h"
 #include "tests/common/echo_backend.h"
 

@@ -1,4 +1,4 @@
-#include "engine/cpu/cpu_features.h"
+#include "engine/backends/cpu/cpu_features.h"
 
 #include "gtest/gtest.h"
 

@@ -7,11 +7,11 @@
 #include <random>
 #include <vector>
 
-#include "engine/cpu/activation.h"
-#include "engine/cpu/attention.h"
-#include "engine/cpu/rmsnorm.h"
-#include "engine/cpu/softmax.h"
-#include "engine/logit_stats.h"
+#include "engine/backends/cpu/activation.h"
+#include "engine/backends/cpu/attention.h"
+#include "engine/backends/cpu/rmsnorm.h"
+#include "engine/backends/cpu/softmax.h"
+#include "engine/runtime/logit_stats.h"
 #include "gtest/gtest.h"
 
 namespace litestage::cpu {

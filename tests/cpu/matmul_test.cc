@@ -1,11 +1,11 @@
-#include "engine/cpu/matmul.h"
+#include "engine/backends/cpu/matmul.h"
 
 #include <cmath>
 #include <cstdint>
 #include <random>
 #include <vector>
 
-#include "engine/cpu/cpu_features.h"
+#include "engine/backends/cpu/cpu_features.h"
 #include "engine/util/float16.h"
 #include "gtest/gtest.h"
 

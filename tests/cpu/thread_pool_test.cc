@@ -1,4 +1,4 @@
-#include "engine/cpu/thread_pool.h"
+#include "engine/backends/cpu/thread_pool.h"
 
 #include <algorithm>
 #include <atomic>

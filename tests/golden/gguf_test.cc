@@ -18,7 +18,7 @@
 #include <system_error>
 #include <vector>
 
-#include "engine/engine.h"
+#include "engine/runtime/engine.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/util/json_util.h"
 #include "gtest/gtest.h"

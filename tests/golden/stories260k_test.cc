@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/engine.h"
+#include "engine/runtime/engine.h"
 #include "engine/util/json_util.h"
 #include "engine/util/mapped_file.h"
 #include "gtest/gtest.h"

@@ -16,11 +16,12 @@
 #include <vector>
 
 #include "absl/types/span.h"
-#include "engine/backend.h"
-#include "engine/backend_registry.h"
+#include "engine/backend/backend.h"
+#include "engine/backend/registry.h"
 #include "engine/model/dequantize.h"
 #include "engine/model/gguf.h"
 #include "engine/model/weights.h"
+#include "engine/runtime/kv_cache.h"
 #include "engine/util/check.h"
 #include "engine/util/float16.h"
 #include "engine/util/json_util.h"

@@ -12,7 +12,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "engine/engine.h"
+#include "engine/runtime/engine.h"
 #include "engine/stages/pipeline.h"
 #include "engine/stages/profile.h"
 #include "gtest/gtest.h"

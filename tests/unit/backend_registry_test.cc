@@ -2,12 +2,11 @@
 // from LITESTAGE_BACKEND_PATH (the echo test plugin), clear errors for a
 // missing plugin, a stale one and a bad name, and --device auto falling
 // back to the CPU when no CUDA plugin loads.
-#include "engine/backend_registry.h"
-
 #include <cstdlib>
 #include <string>
 
-#include "engine/engine.h"
+#include "engine/backend/registry.h"
+#include "engine/runtime/engine.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

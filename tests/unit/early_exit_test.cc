@@ -1,7 +1,7 @@
 // EarlyExitMonitor driven by hand-made confidence sequences: the exit fires
 // exactly when the window mean reaches the threshold, never before the
 // window is full or before min_tokens are kept.
-#include "engine/early_exit.h"
+#include "engine/runtime/early_exit.h"
 
 #include <vector>
 

@@ -4,7 +4,7 @@
 // liblitestage_backend_echo_stale.so, a plugin from another release.
 #include <cstdio>
 
-#include "engine/backend_plugin.h"
+#include "engine/backend/plugin.h"
 #include "tests/common/echo_backend.h"
 
 namespace {

@@ -1,7 +1,7 @@
 // Engine and CPU backend behaviour on the synthetic `tiny` preset: batching,
 // prefill chunking, KV cache accounting, sub-layer skipping, observation and
 // stop conditions. Numerical agreement with transformers is in tests/golden.
-#include "engine/engine.h"
+#include "engine/runtime/engine.h"
 
 #include <algorithm>
 #include <cmath>

@@ -9,7 +9,7 @@
 #include <fstream>
 #include <string>
 
-#include "engine/backend.h"
+#include "engine/backend/backend.h"
 #include "engine/util/json_util.h"
 #include "engine/util/mapped_file.h"
 #include "gmock/gmock.h"

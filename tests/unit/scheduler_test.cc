@@ -1,6 +1,6 @@
 // Scheduler: sequences that arrive and leave between steps, cancellation,
 // KV-reserving admission and batch limits, on the synthetic `tiny` model.
-#include "engine/scheduler.h"
+#include "engine/runtime/scheduler.h"
 
 #include <optional>
 #include <vector>

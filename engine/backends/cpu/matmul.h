@@ -1,0 +1,29 @@
+// y = x * w^T for linear layers, the kernel that dominates inference time.
+#ifndef LITESTAGE_ENGINE_BACKENDS_CPU_MATMUL_H_
+#define LITESTAGE_ENGINE_BACKENDS_CPU_MATMUL_H_
+
+#include <cstdint>
+
+#include "engine/backends/cpu/thread_pool.h"
+#include "engine/model/tensor.h"
+
+namespace litestage::cpu {
+
+// y[i, j] = sum_k x[i, k] * w[j, k] with fp32 accumulation.
+//   x: [m, k] f32 row-major, k = w.cols().
+//   w: [n, k] F32 or BF16 (a linear layer's [out, in] weight), n = w.rows().
+//   y: [m, n] f32 row-major; must not overlap x or w.
+// Any m >= 0, k >= 1, n >= 1; pointers need no particular alignment. BF16
+// weights are widened exactly, so the result matches F32 weights holding the
+// same values up to summation order. Parallelised over n on `pool`; uses the
+// kernel of ActiveIsa().
+void MatMul(const float* x, int64_t m, const Tensor& w, float* y,
+            ThreadPool& pool);
+
+// The obvious triple loop with double accumulation (rounded to f32 at the
+// end): the accuracy reference for tests and the scalar peer for benchmarks.
+void MatMulReference(const float* x, int64_t m, const Tensor& w, float* y);
+
+}  // namespace litestage::cpu
+
+#endif  // LITESTAGE_ENGINE_BACKENDS_CPU_MATMUL_H_

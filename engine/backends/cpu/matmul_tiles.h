@@ -1,0 +1,92 @@
+// The cache-blocking loop nest shared by every matmul ISA level. Included only
+// by matmul.cc, matmul_avx2.cc and matmul_avx512.cc, each of which supplies a
+// `Kernel` with register-blocked micro-kernels compiled for its ISA.
+//
+// Everything here is in an anonymous namespace on purpose: the translation
+// units are compiled with different -m flags, and a shared inline or template
+// definition (including std:: helpers such as std::min) could be emitted with
+// AVX-512 instructions in one TU and picked by the linker for all of them,
+// crashing on older CPUs. Internal linkage gives each TU its own copy; the
+// ISA files therefore also avoid calling inline library templates.
+//
+// Kernel interface:
+//   template <int MR, int NR, typename WT>
+//   static void Tile(const float* x, int64_t ldx, const WT* w, int64_t ldw,
+//                    int64_t k_len, float* y, int64_t ldy, bool accumulate);
+// computes the MR x NR block y[i, j] (+)= sum_{kk < k_len} x[i, kk] * w[j, kk]
+// with MR, NR in 1..4; y is overwritten unless `accumulate`.
+#ifndef LITESTAGE_ENGINE_BACKENDS_CPU_MATMUL_TILES_H_
+#define LITESTAGE_ENGINE_BACKENDS_CPU_MATMUL_TILES_H_
+
+#include <cstdint>
+
+namespace litestage::cpu::internal {
+namespace {
+
+inline int64_t MinI64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Rows of x handled per pass over the weights. Each pass streams this
+// thread's slice of w from memory once, so prefill with m <= 128 reads the
+// weights once; larger m re-reads them every 128 rows.
+constexpr int64_t kRowBlock = 128;
+// Bytes of x kept hot (L2) while the weights stream past. Above this, k is
+// split into blocks and y accumulates the partial sums.
+constexpr int64_t kXBlockBytes = 512 * 1024;
+
+template <class K, typename WT>
+using TileFn = void (*)(const float*, int64_t, const WT*, int64_t, int64_t,
+                        float*, int64_t, bool);
+
+template <class K, typename WT>
+struct TileTable {
+  static constexpr TileFn<K, WT> kTiles[4][4] = {
+      {&K::template Tile<1, 1, WT>, &K::template Tile<1, 2, WT>,
+       &K::template Tile<1, 3, WT>, &K::template Tile<1, 4, WT>},
+      {&K::template Tile<2, 1, WT>, &K::template Tile<2, 2, WT>,
+       &K::template Tile<2, 3, WT>, &K::template Tile<2, 4, WT>},
+      {&K::template Tile<3, 1, WT>, &K::template Tile<3, 2, WT>,
+       &K::template Tile<3, 3, WT>, &K::template Tile<3, 4, WT>},
+      {&K::template Tile<4, 1, WT>, &K::template Tile<4, 2, WT>,
+       &K::template Tile<4, 3, WT>, &K::template Tile<4, 4, WT>},
+  };
+};
+
+// y[:, n_begin:n_end] = x * w[n_begin:n_end, :]^T.
+//   x: [m, k] f32; w: [n, k] WT; y: [m, n] f32.
+template <class K, typename WT>
+void MatMulColumns(const float* x, int64_t m, int64_t k, const WT* w, int64_t n,
+                   int64_t n_begin, int64_t n_end, float* y) {
+  constexpr int64_t kMr = K::kMaxRows;  // x rows per micro-tile
+  constexpr int64_t kNr = K::kMaxCols;  // w rows per micro-tile
+  for (int64_t m0 = 0; m0 < m; m0 += kRowBlock) {
+    const int64_t mb = MinI64(kRowBlock, m - m0);
+    int64_t kb = k;
+    if (mb * k * static_cast<int64_t>(sizeof(float)) > kXBlockBytes) {
+      kb = kXBlockBytes / (mb * static_cast<int64_t>(sizeof(float)));
+      kb = kb < 64 ? 64
+                   : kb & ~int64_t{63};  // Full vectors until the last block.
+    }
+    for (int64_t k0 = 0; k0 < k; k0 += kb) {
+      const int64_t k_len = MinI64(kb, k - k0);
+      const bool accumulate = k0 > 0;
+      // The kNr weight rows (kNr * k_len elements, L1-resident) are reused
+      // against every x row of the block before moving on, so the weights
+      // stream from memory once per block.
+      for (int64_t j0 = n_begin; j0 < n_end; j0 += kNr) {
+        const int64_t nr = MinI64(kNr, n_end - j0);
+        const WT* w_tile = w + j0 * k + k0;
+        for (int64_t i0 = m0; i0 < m0 + mb; i0 += kMr) {
+          const int64_t mr = MinI64(kMr, m0 + mb - i0);
+          TileTable<K, WT>::kTiles[mr - 1][nr - 1](x + i0 * k + k0, k, w_tile,
+                                                   k, k_len, y + i0 * n + j0, n,
+                                                   accumulate);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace litestage::cpu::internal
+
+#endif  // LITESTAGE_ENGINE_BACKENDS_CPU_MATMUL_TILES_H_
