@@ -209,6 +209,12 @@ void LiteStageServer::Shutdown(double grace_seconds) {
       // Only a loaded server has accepted requests, and its scheduler
       // thread answers them all now.
       state_cv_.wait(lock, [&] { return in_flight_.load() == 0; });
+      // Those answers (UNAVAILABLE, "grace period over") get a second to
+      // reach their clients; the shutdown below cancels what is still
+      // writing after it, which would replace them with gRPC's own
+      // "Cancelling all calls".
+      state_cv_.wait_for(lock, std::chrono::seconds(1),
+                         [&] { return undelivered_.load() == 0; });
     }
   }
   if (grpc_server_) {

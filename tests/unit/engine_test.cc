@@ -246,6 +246,69 @@ TEST(EngineTest, ObserverSeesEveryExecutedSublayerOfEveryChunk) {
   engine->kv_blocks().Release(b);
 }
 
+// A kSample chunk returns what SampleToken picks from the logits of its last
+// position, for each chunk's own draw, and no logits; chunks asking for
+// logits in the same step still get them. Exact against the same step asking
+// kLast (the same rows through the same kernels); against each prompt alone
+// within 1e-5 (other batch shapes may round differently).
+TEST(EngineTest, SampledChunksReturnTheReferenceSamplersPick) {
+  auto engine = MakeTinyEngine();
+  ASSERT_NE(engine, nullptr);
+  const int64_t vocab = engine->config().vocab_size;
+  const std::vector<std::vector<int32_t>> prompts = {Tokens(5, 1), Tokens(7, 2),
+                                                     Tokens(3, 3)};
+  const std::vector<int32_t> scored = Tokens(4, 4);
+  const std::vector<TokenDraw> draws = {TokenDraw{},
+                                        TokenDraw{1.0f, 0, 1.0f, 0.37},
+                                        TokenDraw{0.8f, 5, 0.9f, 0.81}};
+  const auto step = [&](LogitsMode mode, ForwardResult* result) {
+    std::vector<SequenceId> sequences;
+    ForwardBatch batch;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      sequences.push_back(engine->kv_blocks().AddSequence());
+      batch.chunks.push_back(SequenceChunk{prompts[i], 0, kNoSkip, mode});
+      batch.chunks.back().draw = draws[i];
+    }
+    sequences.push_back(engine->kv_blocks().AddSequence());
+    batch.chunks.push_back(SequenceChunk{scored, 0, kNoSkip, LogitsMode::kAll});
+    ASSERT_TRUE(engine->Forward(sequences, &batch, result).ok());
+    for (SequenceId s : sequences) engine->kv_blocks().Release(s);
+  };
+  ForwardResult sampled, logits;
+  step(LogitsMode::kSample, &sampled);
+  step(LogitsMode::kLast, &logits);
+  ASSERT_EQ(sampled.sampled.size(), prompts.size() + 1);
+  EXPECT_EQ(sampled.sampled.back().token, -1);  // The kAll chunk.
+  EXPECT_EQ(sampled.first_logit_row.back(), 0);
+  ASSERT_EQ(static_cast<int64_t>(sampled.logits.size()),
+            static_cast<int64_t>(scored.size()) * vocab);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE(i);
+    SamplingScratch scratch;
+    TokenConfidence confidence;
+    const int32_t token =
+        SampleToken(logits.logits.data() + logits.first_logit_row[i] * vocab,
+                    vocab, draws[i], &confidence, &scratch);
+    EXPECT_EQ(sampled.sampled[i].token, token);
+    EXPECT_EQ(sampled.sampled[i].confidence.max_prob, confidence.max_prob);
+    EXPECT_EQ(sampled.sampled[i].confidence.max_logit, confidence.max_logit);
+    EXPECT_EQ(sampled.sampled[i].confidence.entropy, confidence.entropy);
+
+    absl::StatusOr<std::vector<float>> alone = engine->PromptLogits(prompts[i]);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    TokenConfidence alone_confidence;
+    EXPECT_EQ(SampleToken(alone->data() + (prompts[i].size() - 1) * vocab,
+                          vocab, draws[i], &alone_confidence, &scratch),
+              token);
+    EXPECT_NEAR(alone_confidence.max_prob, confidence.max_prob, 1e-5);
+    EXPECT_NEAR(alone_confidence.max_logit, confidence.max_logit, 1e-5);
+  }
+  // The kAll rows are the same whichever way the other chunks asked.
+  EXPECT_EQ(sampled.logits,
+            std::vector<float>(logits.logits.end() - scored.size() * vocab,
+                               logits.logits.end()));
+}
+
 // Teacher forcing of many sequences (shared prefixes, two skip sets,
 // prompts longer than one prefill chunk) gives, row for row, the logits
 // PromptLogits computes for each sequence alone.
