@@ -6,6 +6,7 @@
 //                  full@ee=4,0.3 [--calibration N]
 //                  [--calibration-dataset FILE] [--json] [--csv F]
 //                  [--threads N] [--max-new-tokens N] [--few-shot=false]
+//                  [--device auto|cpu|cuda]
 //
 // One request at a time on an otherwise idle engine, profiles interleaved
 // per question. stdout carries the table (or with --json one JSON object);
@@ -37,11 +38,8 @@
 #include "engine/util/flags.h"
 #include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "tools/question_tool_flags.h"
 
-ABSL_FLAG(std::string, model, "",
-          "Hugging Face model directory, a .gguf file, or synthetic:<preset>");
-ABSL_FLAG(std::string, pipeline, "tinythinker",
-          "A built-in pipeline name (tinythinker) or a pipeline JSON file");
 ABSL_FLAG(std::string, dataset, "",
           "Questions to evaluate: OBQA/CSQA JSONL, StrategyQA JSON, or "
           "{question, choices, answer} JSONL");
@@ -61,14 +59,6 @@ ABSL_FLAG(bool, json, false, "Print one JSON object instead of the table");
 ABSL_FLAG(std::string, csv, "",
           "Write the per-profile summary to this CSV file and the per-question "
           "rows next to it (NAME-questions.csv)");
-ABSL_FLAG(int64_t, threads, 0, "Worker threads; 0 uses all hardware threads");
-ABSL_FLAG(int64_t, max_new_tokens, 0,
-          "Caps every stage's max_new_tokens; 0 keeps the pipeline's");
-ABSL_FLAG(bool, few_shot, true,
-          "Keep the pipeline's few-shot prefix; false runs zero-shot (models "
-          "whose context cannot hold it, such as stories260K)");
-ABSL_FLAG(std::string, dtype, "auto",
-          "Weight dtype for matrices: auto, f32 or bf16");
 ABSL_FLAG(bool, fidelity, true,
           "Run the teacher-forced fidelity passes (one extra prefill of every "
           "stage per question and profile); false reports no fidelity");
@@ -96,15 +86,11 @@ absl::Status ValidateFlags() {
       CheckFlagRange("offset", absl::GetFlag(FLAGS_offset), 0, kMaxCountFlag),
       CheckFlagRange("calibration", absl::GetFlag(FLAGS_calibration), 0,
                      kMaxCountFlag),
-      CheckFlagRange("threads", absl::GetFlag(FLAGS_threads), 0,
-                     kMaxThreadsFlag),
-      CheckFlagRange("max-new-tokens", absl::GetFlag(FLAGS_max_new_tokens), 0,
-                     kMaxNewTokensFlag),
-      CheckFlagRange("batch", absl::GetFlag(FLAGS_batch), 0, kMaxEvalBatchFlag),
-      CheckFlagRange("latency-questions",
-                     absl::GetFlag(FLAGS_latency_questions), 1, kMaxCountFlag),
-      CheckFlagRange("kv-cache-tokens", absl::GetFlag(FLAGS_kv_cache_tokens), 0,
-                     kMaxKvCacheTokensFlag),
+      CheckQuestionToolFlags(
+          {.batch = absl::GetFlag(FLAGS_batch),
+           .latency_questions = absl::GetFlag(FLAGS_latency_questions),
+           .kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens),
+           .min_kv_cache_tokens = 0}),
   });
 }
 
@@ -363,11 +349,9 @@ absl::Status Run() {
   const std::string dataset = absl::GetFlag(FLAGS_dataset);
   if (dataset.empty())
     return absl::InvalidArgumentError("--dataset is required");
-  EngineOptions options;
-  options.model = absl::GetFlag(FLAGS_model);
-  if (options.model.empty()) {
-    return absl::InvalidArgumentError("--model is required");
-  }
+  LS_ASSIGN_OR_RETURN(
+      const EngineOptions options,
+      EngineOptionsFromFlags(absl::GetFlag(FLAGS_kv_cache_tokens)));
   // Everything about the command line before the model is loaded.
   LS_ASSIGN_OR_RETURN(std::vector<ProfileSpec> specs,
                       ParseProfileList(absl::GetFlag(FLAGS_profiles)));
@@ -383,10 +367,8 @@ absl::Status Run() {
   // full first: every other profile is measured against its run.
   std::stable_partition(specs.begin(), specs.end(),
                         [](const ProfileSpec& s) { return s.text == "full"; });
-  LS_ASSIGN_OR_RETURN(Pipeline pipeline,
-                      ResolvePipeline(absl::GetFlag(FLAGS_pipeline)));
+  LS_ASSIGN_OR_RETURN(Pipeline pipeline, PipelineFromFlags());
   const bool few_shot = absl::GetFlag(FLAGS_few_shot);
-  if (!few_shot) pipeline.few_shot.clear();
   LS_ASSIGN_OR_RETURN(std::vector<QuestionItem> questions,
                       LoadEvaluated(dataset, absl::GetFlag(FLAGS_offset),
                                     absl::GetFlag(FLAGS_limit)));
@@ -395,12 +377,6 @@ absl::Status Run() {
     LS_ASSIGN_OR_RETURN(calibration, LoadCalibration(questions));
   }
 
-  options.backend.num_threads = absl::GetFlag(FLAGS_threads);
-  if (const int64_t tokens = absl::GetFlag(FLAGS_kv_cache_tokens); tokens > 0) {
-    options.backend.kv_cache_tokens = tokens;
-  }
-  LS_ASSIGN_OR_RETURN(options.matrix_dtype,
-                      ParseMatrixDType(absl::GetFlag(FLAGS_dtype)));
   LS_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options));
   EvaluationOptions eval_options;
   eval_options.base.max_new_tokens_cap = absl::GetFlag(FLAGS_max_new_tokens);

@@ -48,11 +48,8 @@
 #include "engine/util/flags.h"
 #include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "tools/question_tool_flags.h"
 
-ABSL_FLAG(std::string, model, "",
-          "Hugging Face model directory, a .gguf file, or synthetic:<preset>");
-ABSL_FLAG(std::string, pipeline, "tinythinker",
-          "A built-in pipeline name (tinythinker) or a pipeline JSON file");
 ABSL_FLAG(std::string, dataset, "",
           "Questions: OBQA/CSQA JSONL, StrategyQA JSON, or {question, "
           "choices, answer} JSONL");
@@ -91,13 +88,6 @@ ABSL_FLAG(int64_t, latency_questions, 8,
 ABSL_FLAG(int64_t, kv_cache_tokens, 65536,
           "KV cache capacity in tokens (a batch's sequences are reserved "
           "whole: prompt + max_new_tokens each)");
-ABSL_FLAG(int64_t, threads, 0, "Worker threads; 0 uses all hardware threads");
-ABSL_FLAG(int64_t, max_new_tokens, 0,
-          "Caps every stage's max_new_tokens; 0 keeps the pipeline's");
-ABSL_FLAG(bool, few_shot, true,
-          "Keep the pipeline's few-shot prefix; false runs zero-shot");
-ABSL_FLAG(std::string, dtype, "auto",
-          "Weight dtype for matrices: auto, f32 or bf16");
 ABSL_FLAG(std::string, name, "",
           "Profile name; empty: search-<metric>-e<epsilon>");
 ABSL_FLAG(bool, plot, true,
@@ -126,15 +116,11 @@ absl::Status ValidateFlags() {
                      kMaxCountFlag),
       CheckFlagRange("seed", absl::GetFlag(FLAGS_seed), -1, kMaxSeedFlag),
       CheckFlagRange("offset", absl::GetFlag(FLAGS_offset), 0, kMaxCountFlag),
-      CheckFlagRange("threads", absl::GetFlag(FLAGS_threads), 0,
-                     kMaxThreadsFlag),
-      CheckFlagRange("max-new-tokens", absl::GetFlag(FLAGS_max_new_tokens), 0,
-                     kMaxNewTokensFlag),
-      CheckFlagRange("batch", absl::GetFlag(FLAGS_batch), 0, kMaxEvalBatchFlag),
-      CheckFlagRange("latency-questions",
-                     absl::GetFlag(FLAGS_latency_questions), 1, kMaxCountFlag),
-      CheckFlagRange("kv-cache-tokens", absl::GetFlag(FLAGS_kv_cache_tokens), 1,
-                     kMaxKvCacheTokensFlag),
+      CheckQuestionToolFlags(
+          {.batch = absl::GetFlag(FLAGS_batch),
+           .latency_questions = absl::GetFlag(FLAGS_latency_questions),
+           .kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens),
+           .min_kv_cache_tokens = 1}),
   });
 }
 
@@ -337,10 +323,9 @@ absl::Status Run() {
   const Clock::time_point start = Clock::now();
   const std::string dataset = absl::GetFlag(FLAGS_dataset);
   const std::string out = absl::GetFlag(FLAGS_out);
-  EngineOptions options;
-  options.model = absl::GetFlag(FLAGS_model);
-  if (options.model.empty())
-    return absl::InvalidArgumentError("--model is required");
+  LS_ASSIGN_OR_RETURN(
+      const EngineOptions options,
+      EngineOptionsFromFlags(absl::GetFlag(FLAGS_kv_cache_tokens)));
   if (dataset.empty())
     return absl::InvalidArgumentError("--dataset is required");
   if (out.empty()) return absl::InvalidArgumentError("--out is required");
@@ -358,10 +343,8 @@ absl::Status Run() {
       absl::GetFlag(FLAGS_name).empty()
           ? absl::StrFormat("search-%s-e%g", SearchMetricName(metric), epsilon)
           : absl::GetFlag(FLAGS_name);
-  LS_ASSIGN_OR_RETURN(Pipeline pipeline,
-                      ResolvePipeline(absl::GetFlag(FLAGS_pipeline)));
+  LS_ASSIGN_OR_RETURN(Pipeline pipeline, PipelineFromFlags());
   const bool few_shot = absl::GetFlag(FLAGS_few_shot);
-  if (!few_shot) pipeline.few_shot.clear();
   LS_ASSIGN_OR_RETURN(QuestionSplit split, SplitQuestions(dataset));
   std::string report_dir = absl::GetFlag(FLAGS_report_dir);
   if (report_dir.empty()) report_dir = DefaultReportDir(out);
@@ -376,10 +359,6 @@ absl::Status Run() {
     }
   }
 
-  options.backend.num_threads = absl::GetFlag(FLAGS_threads);
-  options.backend.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
-  LS_ASSIGN_OR_RETURN(options.matrix_dtype,
-                      ParseMatrixDType(absl::GetFlag(FLAGS_dtype)));
   LS_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options));
   const int64_t num_layers = engine->config().num_hidden_layers;
   if (max_skip > 2 * num_layers) {
@@ -560,6 +539,9 @@ absl::Status Run() {
       ShellQuote(dataset), " --offset ", held_out_offset,
       " --limit 200 --profiles full,", ShellQuote(out));
   if (!few_shot) absl::StrAppend(&eval, " --few-shot=false");
+  if (options.device != "cpu") {
+    absl::StrAppend(&eval, " --device ", ShellQuote(options.device));
+  }
   if (base.max_new_tokens_cap > 0) {
     absl::StrAppend(&eval, " --max-new-tokens ", base.max_new_tokens_cap);
   }

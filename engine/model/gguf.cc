@@ -1,3 +1,8 @@
+// The GGUF parser (gguf.h). ~690 lines because every count, length, type,
+// dimension and offset of the untrusted file is checked, overflow-safe, at
+// the place it is read, each with its own message naming the file, the key
+// or tensor and the reason; splitting the reader from its checks would
+// separate each check from the bytes it guards.
 #include "engine/model/gguf.h"
 
 #include <algorithm>

@@ -1,6 +1,8 @@
 // Profile evaluation: spec parsing, per-(profile, question) runs with
 // teacher-forced fidelity, and per-profile aggregation (evaluation.h); the
-// JSON forms live in evaluation_json.cc.
+// JSON forms live in evaluation_json.cc, the latency model in
+// latency_model.cc. ~720 lines because the fidelity pass and the runs it
+// scores share the per-question state and stay together.
 #include "engine/stages/evaluation.h"
 
 #include <algorithm>

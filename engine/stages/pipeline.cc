@@ -1,3 +1,9 @@
+// Pipelines (pipeline.h): the JSON parser with a message naming the JSON
+// path of every bad field, the built-in tinythinker, template checking and
+// rendering, and answer extraction. ~760 lines because the template language
+// is checked at parse time against every stage it may reference (so a bad
+// pipeline fails at load, not mid-request), next to the renderer that must
+// agree with those checks.
 #include "engine/stages/pipeline.h"
 
 #include <algorithm>

@@ -19,10 +19,24 @@ namespace litestage {
 
 class EchoBackend final : public Backend {
  public:
+  // One chunk as the runtime sent it, copied out of its spans.
+  struct RecordedChunk {
+    std::vector<int32_t> tokens;
+    int64_t start_position = 0;
+    SkipSetId skip = kNoSkip;
+    LogitsMode logits = LogitsMode::kSample;
+    std::vector<int32_t> block_table;
+    TokenDraw draw;
+    int32_t sampled = -1;  // What this backend returned for a kSample chunk.
+  };
+  using RecordedStep = std::vector<RecordedChunk>;
+
   // Test knobs, read at every call.
   struct Knobs {
     bool efficient_mixed_skip_batches = true;
     int fail_forward_calls = 0;  // The next N Forward calls fail (Internal).
+    // When set, every successful step is appended here.
+    std::vector<RecordedStep>* steps = nullptr;
   };
 
   EchoBackend(std::string name, const ModelWeights& weights,
@@ -85,6 +99,19 @@ class EchoBackend final : public Backend {
         echo_row(chunk.tokens[t]);
         result->logits.insert(result->logits.end(), row.begin(), row.end());
         ++rows;
+      }
+    }
+    if (knobs_ != nullptr && knobs_->steps != nullptr) {
+      RecordedStep& step = knobs_->steps->emplace_back();
+      for (size_t c = 0; c < batch.chunks.size(); ++c) {
+        const SequenceChunk& chunk = batch.chunks[c];
+        step.push_back({{chunk.tokens.begin(), chunk.tokens.end()},
+                        chunk.start_position,
+                        chunk.skip,
+                        chunk.logits,
+                        {chunk.block_table.begin(), chunk.block_table.end()},
+                        chunk.draw,
+                        result->sampled[c].token});
       }
     }
     return absl::OkStatus();

@@ -213,6 +213,12 @@ TEST_F(EvalCliTest, TableAndErrors) {
   const CommandResult range = RunCommand(Command("--limit -1"), log);
   EXPECT_EQ(range.exit_code, 1);
   EXPECT_THAT(ReadFile(log), HasSubstr("--limit"));
+  // --device is the shared one (tools/question_tool_flags.h): a backend
+  // that is not there is an error naming the plugin file looked for.
+  const CommandResult device =
+      RunCommand(Command("--limit 1 --device nosuch"), log);
+  EXPECT_EQ(device.exit_code, 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("liblitestage_backend_nosuch.so"));
   // Calibration drawn from the evaluated file itself must skip them: with
   // the whole 500-question test set evaluated, nothing is left.
   const CommandResult overlap = RunCommand(

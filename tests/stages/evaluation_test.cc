@@ -2,7 +2,8 @@
 // fidelity against an independent step-by-step computation on the synthetic
 // tiny model (and exactly 1.0 for full), Wilson intervals against values
 // worked from the formula, profile spec parsing, adaskip:K, agreement and
-// the other aggregates, and the row JSON round trip.
+// the other aggregates, and the row JSON round trip. (~700 lines: one
+// fixture and many small cases of one library.)
 #include "engine/stages/evaluation.h"
 
 #include <algorithm>

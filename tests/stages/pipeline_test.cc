@@ -1,3 +1,7 @@
+// Pipelines (engine/stages/pipeline.h): parsing with the error message for
+// each malformed field, the built-in tinythinker, template rendering against
+// hand-written expected prompts, fan-out joins and answer extraction. One
+// file (~670 lines) because most of it is the table of malformed documents.
 #include "engine/stages/pipeline.h"
 
 #include <unistd.h>

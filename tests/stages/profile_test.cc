@@ -1,3 +1,7 @@
+// Skip profiles (engine/stages/profile.h): the litestage.profile/v1 parser
+// with the message for each malformed field, the built-ins, validation
+// against a model and the JSON round trip. One file (~840 lines) because
+// most of it is the table of malformed documents, one case per check.
 #include "engine/stages/profile.h"
 
 #include <unistd.h>

@@ -262,6 +262,19 @@ TEST_F(SearchCliTest, BadCommandLines) {
       SearchCommand() + " --offset 1048570 --calibration 2 --search 3", log);
   EXPECT_EQ(few.exit_code, 1);
   EXPECT_THAT(ReadFile(log), HasSubstr("has only"));
+  // The shared flags (tools/question_tool_flags.h): their ranges and --device.
+  const CommandResult batch =
+      RunCommand(SearchCommand() + " --batch 100000", log);
+  EXPECT_EQ(batch.exit_code, 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("--batch"));
+  const CommandResult kv =
+      RunCommand(SearchCommand() + " --kv-cache-tokens 0", log);
+  EXPECT_EQ(kv.exit_code, 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("--kv-cache-tokens"));
+  const CommandResult device =
+      RunCommand(SearchCommand() + " --device nosuch", log);
+  EXPECT_EQ(device.exit_code, 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("liblitestage_backend_nosuch.so"));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Engine and CPU backend behaviour on the synthetic `tiny` preset: batching,
 // prefill chunking, KV cache accounting, sub-layer skipping, observation and
 // stop conditions. Numerical agreement with transformers is in tests/golden.
+// (~730 lines: one small case per engine behaviour on one fixture.)
 #include "engine/runtime/engine.h"
 
 #include <algorithm>
