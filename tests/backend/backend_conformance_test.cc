@@ -571,7 +571,9 @@ TEST_P(BackendConformanceTest, RewrittenPositionsGiveTheNewContinuation) {
   KvBlockManager manager(backend_->num_kv_blocks(), kBlockSize);
   const std::vector<int32_t> kept = Prompt(20, 60, vocab_);
   const std::vector<int32_t> dropped = Prompt(25, 61, vocab_);
-  const std::vector<int32_t> rewrite = Prompt(9, 62, vocab_);
+  // Longer than what was cut from the kept block, so it also writes a block
+  // taken from the free list after the truncation.
+  const std::vector<int32_t> rewrite = Prompt(15, 62, vocab_);
   for (SkipSetId skip = 0; skip < num_skip_sets(); ++skip) {
     SCOPED_TRACE(absl::StrCat("skip set ", skip));
     const SequenceId id = manager.AddSequence();
@@ -593,13 +595,13 @@ TEST_P(BackendConformanceTest, RewrittenPositionsGiveTheNewContinuation) {
     filler.block_table = manager.block_table(other);
     ASSERT_NO_FATAL_FAILURE(Step({filler}));
 
-    ASSERT_TRUE(manager.Reserve(id, 29).ok());
+    ASSERT_TRUE(manager.Reserve(id, 35).ok());
     spec.tokens = rewrite;
     spec.start_position = 20;
     spec.logits = LogitsMode::kAll;
     spec.block_table = manager.block_table(id);
     ASSERT_NO_FATAL_FAILURE(Step({spec}));
-    ExpectRowsNear(Row(0), ReferenceLogits(Concat(kept, rewrite), skip), 20, 9,
+    ExpectRowsNear(Row(0), ReferenceLogits(Concat(kept, rewrite), skip), 20, 15,
                    "after rollback");
     manager.Release(id);
     manager.Release(other);
@@ -608,7 +610,7 @@ TEST_P(BackendConformanceTest, RewrittenPositionsGiveTheNewContinuation) {
 
 // Prefix caching: a child whose table starts with its parent's blocks
 // (KvBlockManager::Fork) reads the parent's K/V there and writes only its
-// own blocks; the parent, continuing afterwards, is unaffected.
+// own blocks; the parent, decoding in the same step, is unaffected.
 TEST_P(BackendConformanceTest, SharedPrefixBlocksAreReadNotWritten) {
   KvBlockManager manager(backend_->num_kv_blocks(), kBlockSize);
   const std::vector<int32_t> prefix = Prompt(32, 70, vocab_);
