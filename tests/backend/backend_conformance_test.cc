@@ -14,7 +14,7 @@
 // Devices: "cpu" and every plugin named in LITESTAGE_CONFORMANCE_DEVICES
 // (comma-separated; default "cuda"). A plugin that is not built or finds no
 // device skips with the reason, unless it is listed in
-// LITESTAGE_CONFORMANCE_REQUIRE, where it fails (scripts/gpu-check.sh).
+// LITESTAGE_CONFORMANCE_REQUIRE, where it fails (set it on a GPU machine).
 //
 // Models: synthetic:tiny (always) and stories260K from LITESTAGE_SHARED (a
 // real trained model with grouped-query attention; skipped when the variable
