@@ -79,6 +79,7 @@ ABSL_FLAG(uint64_t, synthetic_seed, 0, "Seed of synthetic random weights");
 ABSL_FLAG(bool, shipped_profiles, true,
           "Offer the shipped profiles (profiles/*.json, compiled in) made for "
           "the loaded model");
+ABSL_FLAG(bool, prefix_cache, true, litestage::kPrefixCacheFlagHelp);
 ABSL_FLAG(bool, no_mmap, false,
           "Copy the weights into memory at load instead of serving them from "
           "the mapped model files, so the files may be replaced in place "
@@ -123,6 +124,7 @@ int Run() {
   options.engine.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.engine.backend.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   options.engine.use_mmap = !absl::GetFlag(FLAGS_no_mmap);
+  options.engine.prefix_cache = absl::GetFlag(FLAGS_prefix_cache);
   absl::StatusOr<std::optional<DType>> dtype =
       ParseMatrixDType(absl::GetFlag(FLAGS_dtype));
   if (!dtype.ok()) {

@@ -165,6 +165,30 @@ ServerMetrics::ServerMetrics(
                          .Help("Fraction of the KV cache in use (0..1).")
                          .Register(r)
                          .Add({});
+  prefix_cache_tokens_ =
+      &prometheus::BuildCounter()
+           .Name("litestage_prefix_cache_tokens_total")
+           .Help(
+               "Prompt tokens of the stage by result: hit (K/V reused from "
+               "the prefix cache or a shared fan-out prefix, not computed) "
+               "or computed.")
+           .Register(r);
+  prefix_cache_blocks_ =
+      &prometheus::BuildGauge()
+           .Name("litestage_prefix_cache_blocks")
+           .Help(
+               "KV blocks findable by content in the prefix cache (held by "
+               "a running sequence, or only cached: those make room, least "
+               "recently released first, when the KV cache is full).")
+           .Register(r)
+           .Add({});
+  prefix_cache_evictions_ =
+      &prometheus::BuildCounter()
+           .Name("litestage_prefix_cache_evictions_total")
+           .Help(
+               "Cached KV blocks reused for new tokens under memory pressure.")
+           .Register(r)
+           .Add({});
   prometheus::BuildGauge()
       .Name("litestage_model_info")
       .Help("The served model; always 1, the labels carry the information.")
@@ -194,6 +218,11 @@ ServerMetrics::ServerMetrics(
       series.mlp_skipped = sublayer("mlp", "skipped");
       series.early_exits = &stage_early_exits_->Add(labels);
       series.generated_tokens = &stage_generated_tokens_->Add(labels);
+      prometheus::Labels hit = labels, computed = labels;
+      hit["result"] = "hit";
+      computed["result"] = "computed";
+      series.prefix_hit_tokens = &prefix_cache_tokens_->Add(hit);
+      series.prefix_computed_tokens = &prefix_cache_tokens_->Add(computed);
       stages_[{pipeline, stage}] = series;
     }
   }
@@ -241,6 +270,10 @@ void ServerMetrics::ObserveStage(const std::string& pipeline,
   series->early_exits->Increment(static_cast<double>(record.early_exits));
   series->generated_tokens->Increment(
       static_cast<double>(record.generated_tokens));
+  series->prefix_hit_tokens->Increment(
+      static_cast<double>(record.cached_prompt_tokens));
+  series->prefix_computed_tokens->Increment(
+      static_cast<double>(record.prompt_tokens - record.cached_prompt_tokens));
 }
 
 void ServerMetrics::SetStageSkipRatio(const std::string& pipeline,
@@ -296,6 +329,16 @@ void ServerMetrics::SetRequestsRunning(int64_t requests) {
 
 void ServerMetrics::SetKvCacheUsage(double ratio) {
   kv_cache_usage_->Set(ratio);
+}
+
+void ServerMetrics::SetPrefixCache(int64_t cached_blocks,
+                                   int64_t evictions_so_far) {
+  prefix_cache_blocks_->Set(static_cast<double>(cached_blocks));
+  const int64_t before = evictions_reported_.exchange(evictions_so_far);
+  if (evictions_so_far > before) {
+    prefix_cache_evictions_->Increment(
+        static_cast<double>(evictions_so_far - before));
+  }
 }
 
 std::string ServerMetrics::Serialize() const {

@@ -95,6 +95,9 @@ class ServerMetrics {
   void SetQueueDepth(int64_t requests);
   void SetRequestsRunning(int64_t requests);
   void SetKvCacheUsage(double ratio);  // 0..1
+  // The KV prefix cache now: blocks published (held or only cached) and the
+  // evictions so far (a running total from the block manager).
+  void SetPrefixCache(int64_t cached_blocks, int64_t evictions_so_far);
 
   // The registry in Prometheus text exposition format (what /metrics
   // serves), for tests and debugging.
@@ -112,6 +115,8 @@ class ServerMetrics {
     prometheus::Counter* mlp_skipped = nullptr;
     prometheus::Counter* early_exits = nullptr;
     prometheus::Counter* generated_tokens = nullptr;
+    prometheus::Counter* prefix_hit_tokens = nullptr;
+    prometheus::Counter* prefix_computed_tokens = nullptr;
   };
 
   // nullptr (after a rate-limited warning) when the pair is not configured.
@@ -139,6 +144,10 @@ class ServerMetrics {
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* requests_running_;
   prometheus::Gauge* kv_cache_usage_;
+  prometheus::Family<prometheus::Counter>* prefix_cache_tokens_;
+  prometheus::Gauge* prefix_cache_blocks_;
+  prometheus::Counter* prefix_cache_evictions_;
+  std::atomic<int64_t> evictions_reported_{0};
 
   // (pipeline, stage) -> series; immutable after construction.
   std::map<std::pair<std::string, std::string>, StageSeries> stages_;

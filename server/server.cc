@@ -577,6 +577,8 @@ void LiteStageServer::SchedulerLoop() {
       metrics->SetQueueDepth(queued + scheduler.num_waiting());
       metrics->SetRequestsRunning(static_cast<int64_t>(impl.active.size()));
       metrics->SetKvCacheUsage(scheduler.kv_cache_usage());
+      const KvBlockManager& blocks = impl.engine->kv_blocks();
+      metrics->SetPrefixCache(blocks.cached_blocks(), blocks.evictions());
     }
   }
 }

@@ -65,6 +65,7 @@ ABSL_FLAG(std::string, dtype, "auto",
 ABSL_FLAG(int32_t, threads, 0, "Worker threads; 0 uses every hardware thread");
 ABSL_FLAG(uint64_t, synthetic_seed, 0, "Seed of synthetic random weights");
 ABSL_FLAG(int64_t, kv_cache_tokens, 16384, "Token capacity of the KV cache");
+ABSL_FLAG(bool, prefix_cache, true, litestage::kPrefixCacheFlagHelp);
 ABSL_FLAG(bool, no_mmap, false,
           "Copy the weights into memory at load instead of serving them from "
           "the mapped model files (see docs/server.md, Model files)");
@@ -269,6 +270,7 @@ absl::Status Run() {
   options.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.backend.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   options.use_mmap = !absl::GetFlag(FLAGS_no_mmap);
+  options.prefix_cache = absl::GetFlag(FLAGS_prefix_cache);
   auto dtype = ParseMatrixDType(absl::GetFlag(FLAGS_dtype));
   if (!dtype.ok()) return dtype.status();
   options.matrix_dtype = *dtype;

@@ -18,6 +18,10 @@ ABSL_FLAG(std::string, pipeline, "tinythinker",
 ABSL_FLAG(bool, few_shot, true,
           "Keep the pipeline's few-shot prefix; false runs zero-shot (models "
           "whose context cannot hold it, such as stories260K)");
+ABSL_FLAG(bool, prefix_cache, false,
+          "Let questions reuse the KV blocks earlier questions and profiles "
+          "computed (as a server does); off, every question's latency is "
+          "measured from a cold cache, so profiles compare on equal terms");
 ABSL_FLAG(int64_t, max_new_tokens, 0,
           "Caps every stage's max_new_tokens; 0 keeps the pipeline's");
 
@@ -44,6 +48,7 @@ absl::StatusOr<EngineOptions> EngineOptionsFromFlags(int64_t kv_cache_tokens) {
     return absl::InvalidArgumentError("--model is required");
   }
   options.device = absl::GetFlag(FLAGS_device);
+  options.prefix_cache = absl::GetFlag(FLAGS_prefix_cache);
   options.backend.num_threads = static_cast<int>(absl::GetFlag(FLAGS_threads));
   if (kv_cache_tokens > 0) options.backend.kv_cache_tokens = kv_cache_tokens;
   LS_ASSIGN_OR_RETURN(options.matrix_dtype,

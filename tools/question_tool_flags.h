@@ -1,7 +1,8 @@
 // The command line that litestage-eval and litestage-search share: both run
 // a question set through a pipeline on one engine. The flags whose meaning
 // and default are the same in both are defined here (--model, --device,
-// --dtype, --threads, --pipeline, --few-shot, --max-new-tokens); the ones
+// --dtype, --threads, --pipeline, --few-shot, --prefix-cache,
+// --max-new-tokens); the ones
 // whose defaults differ (--batch, --latency-questions, --kv-cache-tokens)
 // stay in each tool and are passed in.
 #ifndef LITESTAGE_TOOLS_QUESTION_TOOL_FLAGS_H_
@@ -22,6 +23,7 @@ ABSL_DECLARE_FLAG(std::string, dtype);
 ABSL_DECLARE_FLAG(int64_t, threads);
 ABSL_DECLARE_FLAG(std::string, pipeline);
 ABSL_DECLARE_FLAG(bool, few_shot);
+ABSL_DECLARE_FLAG(bool, prefix_cache);
 ABSL_DECLARE_FLAG(int64_t, max_new_tokens);
 
 namespace litestage {

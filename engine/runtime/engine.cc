@@ -94,7 +94,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
       engine->backend_,
       CreateBackend(options.device, *engine->weights_, options.backend));
   engine->kv_blocks_ = std::make_unique<KvBlockManager>(
-      engine->backend_->num_kv_blocks(), engine->backend_->kv_block_size());
+      engine->backend_->num_kv_blocks(), engine->backend_->kv_block_size(),
+      options.prefix_cache);
   engine->fingerprint_ = ComputeModelFingerprint(*engine->weights_);
   LS_LOG(INFO) << "loaded " << engine->Describe() << " on "
                << engine->backend_->description();

@@ -23,6 +23,13 @@
 
 namespace litestage {
 
+// The --prefix-cache flag's help, for every binary that has one.
+inline constexpr char kPrefixCacheFlagHelp[] =
+    "Reuse the KV blocks of prompt prefixes already computed (every "
+    "request's few-shot prefix, each stage's prompt, which starts with the "
+    "previous stage's) when the tokens and the skip set are the same; the "
+    "output is the same as recomputing them";
+
 struct EngineOptions {
   // A Hugging Face model directory or "synthetic:<preset>".
   std::string model;
@@ -33,6 +40,12 @@ struct EngineOptions {
   uint64_t synthetic_seed = 0;
   // See LoadOptions::use_mmap (--no-mmap sets false).
   bool use_mmap = true;
+  // Keep written KV blocks findable by content, so that sequences starting
+  // with the same tokens and skip set (every request's few-shot prefix,
+  // each stage's prompt) reuse them instead of recomputing
+  // (KvBlockManager's prefix cache). Off by default in the library, on in
+  // the server and litestage-run (--prefix-cache).
+  bool prefix_cache = false;
 };
 
 // InvalidArgument "<what> token id N outside [0, vocab_size)" for the first

@@ -10,10 +10,25 @@
 //
 // This class owns no K/V memory: a backend lays out the storage (host memory
 // for the CPU backend, device memory for CUDA) and uses the block ids.
+//
+// Prefix cache (when constructed with prefix_cache = true; the anchor is
+// vLLM's automatic prefix caching, SGLang's RadixAttention shares the idea):
+// a full block that a sequence has written is published under a key that
+// chains its tokens, the key of the block before it and the sequence's skip
+// set, so equal keys mean the same K/V (the K/V of a position depend only on
+// the tokens up to it and on the sub-layers executed). A later sequence with
+// the same leading tokens and skip set adopts those blocks instead of
+// computing them (AdoptCached): every request's few-shot prefix, and each
+// stage's prompt, which starts with the previous stage's. A published block
+// that no sequence holds any more stays cached and counts as free; it is
+// evicted, least recently released first, only when a reservation needs
+// the room. Lookups compare the stored tokens and previous key, so a hash
+// collision can only alias two blocks whose previous keys collide as well.
 #ifndef LITESTAGE_ENGINE_RUNTIME_KV_CACHE_H_
 #define LITESTAGE_ENGINE_RUNTIME_KV_CACHE_H_
 
 #include <cstdint>
+#include <list>
 #include <unordered_map>
 #include <vector>
 
@@ -27,7 +42,8 @@ using SequenceId = int64_t;
 
 class KvBlockManager {
  public:
-  KvBlockManager(int64_t num_blocks, int64_t block_size);
+  KvBlockManager(int64_t num_blocks, int64_t block_size,
+                 bool prefix_cache = false);
 
   // Registers a new, empty sequence.
   SequenceId AddSequence();
@@ -79,6 +95,31 @@ class KvBlockManager {
   // Blocks Reserve(sequence, num_tokens) would take from the free list.
   int64_t BlocksNeeded(SequenceId sequence, int64_t num_tokens) const;
 
+  // Prefix cache (no-ops returning 0 when it is off). For an empty
+  // `sequence` running skip set `skip`: takes, in order, the cached blocks
+  // whose keys match the leading whole blocks of `tokens`, at most
+  // `max_blocks` of them, and returns how many (their positions need not be
+  // computed). The caller keeps at least one prompt token to compute.
+  int64_t AdoptCached(SequenceId sequence, int32_t skip,
+                      absl::Span<const int32_t> tokens, int64_t max_blocks);
+  // Publishes every whole block of `sequence` that `tokens` (the tokens of
+  // its positions [0, tokens.size()) whose K/V are written) now covers and
+  // that is not published yet. A block whose content another block already
+  // holds stays private.
+  void Publish(SequenceId sequence, int32_t skip,
+               absl::Span<const int32_t> tokens);
+  bool prefix_cache() const { return prefix_cache_; }
+  // Published blocks (held by a sequence or only cached).
+  int64_t cached_blocks() const {
+    return static_cast<int64_t>(key_to_block_.size());
+  }
+  // Cached blocks no sequence holds (they count in free_blocks()).
+  int64_t evictable_blocks() const {
+    return static_cast<int64_t>(evictable_.size());
+  }
+  // Cached blocks reused for another sequence since construction.
+  int64_t evictions() const { return evictions_; }
+
   bool Contains(SequenceId sequence) const;
   // Tokens `sequence` has room for (a multiple of block_size).
   int64_t capacity(SequenceId sequence) const;
@@ -88,8 +129,9 @@ class KvBlockManager {
 
   int64_t block_size() const { return block_size_; }
   int64_t num_blocks() const { return num_blocks_; }
+  // Blocks a reservation can take: never written, or only cached.
   int64_t free_blocks() const {
-    return static_cast<int64_t>(free_list_.size());
+    return static_cast<int64_t>(free_list_.size() + evictable_.size());
   }
   int64_t num_sequences() const { return static_cast<int64_t>(tables_.size()); }
   double usage_ratio() const {
@@ -99,12 +141,46 @@ class KvBlockManager {
   }
 
  private:
+  using BlockKey = uint64_t;
+  // Per sequence: its blocks and how far its blocks' keys are known.
+  struct Table {
+    std::vector<int32_t> blocks;
+    // Keys of the leading blocks whose content is known (prefix cache).
+    std::vector<BlockKey> keys;
+  };
+  static BlockKey ChainKey(BlockKey previous, int32_t skip,
+                           absl::Span<const int32_t> tokens);
+  // A block for a reservation: a never-written one, else the least recently
+  // released cached one (unpublished first).
+  int32_t TakeBlock();
+  // One owner fewer; a block nobody holds becomes evictable if published,
+  // free otherwise.
+  void DropOwner(int32_t block);
+  void Unpublish(int32_t block);
+  // Forgets the keys of `table` from `first_block` on, and unpublishes
+  // those of its blocks in [first_block, end_block) that only it holds
+  // (their content is about to change).
+  void InvalidateFrom(Table& table, int64_t first_block, int64_t end_block);
+  const Table& table(SequenceId sequence) const;
+
   int64_t num_blocks_;
   int64_t block_size_;
+  bool prefix_cache_;
   SequenceId next_id_ = 1;
   std::vector<int32_t> free_list_;   // LIFO: recently freed blocks are warm.
   std::vector<int32_t> ref_counts_;  // [num_blocks] owners of each block
-  std::unordered_map<SequenceId, std::vector<int32_t>> tables_;
+  std::unordered_map<SequenceId, Table> tables_;
+  // Prefix cache. Per block (sized only when it is on): its key (0: not
+  // published), the previous block's key, its skip set and its tokens.
+  std::vector<BlockKey> block_key_;       // [num_blocks]
+  std::vector<BlockKey> block_previous_;  // [num_blocks]
+  std::vector<int32_t> block_skip_;       // [num_blocks]
+  std::vector<int32_t> block_tokens_;     // [num_blocks, block_size]
+  std::unordered_map<BlockKey, int32_t> key_to_block_;
+  // Published blocks nobody holds, least recently released first.
+  std::list<int32_t> evictable_;
+  std::vector<std::list<int32_t>::iterator> evictable_at_;  // [num_blocks]
+  int64_t evictions_ = 0;
 };
 
 }  // namespace litestage

@@ -57,7 +57,10 @@ struct Scheduler::Sequence {
   int64_t reserved_blocks = 0;  // Counted in Scheduler::reserved_blocks_.
   SkipSetId skip = kNoSkip;     // request.skip, interned.
   int64_t prefilled = 0;        // Prompt tokens already in the cache.
-  int32_t last_token = -1;      // Sampled, not yet fed back.
+  // The tokens whose K/V this sequence has in the cache, in position order
+  // (kept only with the prefix cache on, which publishes their blocks).
+  std::vector<int32_t> cached_tokens;
+  int32_t last_token = -1;  // Sampled, not yet fed back.
   bool finished = false;
   size_t emitted = 0;  // Bytes of result.text passed to on_text.
   // Text that could still become the start of a stop string is held back
@@ -269,7 +272,9 @@ void Scheduler::TryFork(Sequence& s) {
   if (!s.prefix_leader.has_value()) return;
   auto leader = sequences_.find(*s.prefix_leader);
   if (leader == sequences_.end() || !leader->second->admitted) {
-    s.prefix_leader.reset();  // Gone: prefill the whole prompt.
+    // Gone: what it published may still be cached; prefill the rest.
+    s.prefix_leader.reset();
+    AdoptCachedPrefix(s);
     return;
   }
   if (leader->second->prefilled < s.shared_tokens) return;  // Not yet.
@@ -278,7 +283,26 @@ void Scheduler::TryFork(Sequence& s) {
   s.kv_sequence = blocks.Fork(leader->second->kv_sequence, s.shared_tokens);
   s.prefilled = s.shared_tokens;
   s.result.cached_prompt_tokens = s.shared_tokens;
+  if (blocks.prefix_cache()) {
+    s.cached_tokens.assign(s.request.prompt_tokens.begin(),
+                           s.request.prompt_tokens.begin() + s.shared_tokens);
+  }
   s.prefix_leader.reset();
+}
+
+void Scheduler::AdoptCachedPrefix(Sequence& s) {
+  KvBlockManager& blocks = engine_->kv_blocks();
+  if (!blocks.prefix_cache() || s.prefilled > 0) return;
+  // At least the last prompt token is computed: its logits give the first
+  // generated token.
+  const int64_t prompt_length = s.result.prompt_tokens;
+  const int64_t adopted =
+      blocks.AdoptCached(s.kv_sequence, s.skip, s.request.prompt_tokens,
+                         (prompt_length - 1) / blocks.block_size());
+  s.prefilled = adopted * blocks.block_size();
+  s.result.cached_prompt_tokens = s.prefilled;
+  s.cached_tokens.assign(s.request.prompt_tokens.begin(),
+                         s.request.prompt_tokens.begin() + s.prefilled);
 }
 
 void Scheduler::Admit() {
@@ -296,7 +320,11 @@ void Scheduler::Admit() {
     running_.push_back(waiting_.front());
     waiting_.pop_front();
     if (s.request.max_new_tokens == 0) s.finished = true;
-    TryFork(s);
+    if (s.prefix_leader.has_value()) {
+      TryFork(s);
+    } else {
+      AdoptCachedPrefix(s);
+    }
   }
 }
 
@@ -486,6 +514,13 @@ absl::Status Scheduler::Step() {
         r.sublayers += forward.chunk_sublayers[c];
         r.forwarded_tokens +=
             static_cast<int64_t>(batch.chunks[c].tokens.size());
+        if (engine_->kv_blocks().prefix_cache()) {
+          Sequence& s = *owners[c];
+          s.cached_tokens.insert(s.cached_tokens.end(),
+                                 batch.chunks[c].tokens.begin(),
+                                 batch.chunks[c].tokens.end());
+          engine_->kv_blocks().Publish(s.kv_sequence, s.skip, s.cached_tokens);
+        }
         if (batch.chunks[c].logits != LogitsMode::kSample) continue;
         const SampledToken& sampled = forward.sampled[c];
         accept_token(*owners[c], sampled.token, sampled.confidence);

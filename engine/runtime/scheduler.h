@@ -152,6 +152,9 @@ class Scheduler {
   // Starts `sequence` from its prefix leader's blocks once the leader has
   // prefilled them; gives up on the leader if it is gone.
   void TryFork(Sequence& sequence);
+  // With the engine's prefix cache on: starts a just-admitted `sequence`
+  // from the cached blocks of its prompt's leading whole blocks.
+  void AdoptCachedPrefix(Sequence& sequence);
   void Finish(Sequence& sequence);
 
   Engine* engine_;

@@ -84,6 +84,8 @@ StageRecord RecallRecord() {
   record.decode_seconds = 0.5;
   record.early_exits = 2;
   record.generated_tokens = 30;
+  record.prompt_tokens = 100;
+  record.cached_prompt_tokens = 64;
   return record;
 }
 
@@ -116,6 +118,8 @@ void ObserveKnownSet(ServerMetrics& metrics) {
   metrics.SetQueueDepth(5);
   metrics.SetRequestsRunning(2);
   metrics.SetKvCacheUsage(0.5);
+  metrics.SetPrefixCache(12, 3);
+  metrics.SetPrefixCache(10, 5);  // Evictions are a running total.
 }
 
 class ServerMetricsTest : public ::testing::Test {
@@ -193,6 +197,14 @@ TEST_F(ServerMetricsTest, ExactValuesAfterKnownObservations) {
       {R"(litestage_queue_depth)", 5},
       {R"(litestage_requests_running)", 2},
       {R"(litestage_kv_cache_usage_ratio)", 0.5},
+      {R"(litestage_prefix_cache_tokens_total{pipeline="tinythinker",result="hit",stage="recall"})",
+       128},
+      {R"(litestage_prefix_cache_tokens_total{pipeline="tinythinker",result="computed",stage="recall"})",
+       72},
+      {R"(litestage_prefix_cache_tokens_total{pipeline="tinythinker",result="hit",stage="analysis"})",
+       0},
+      {R"(litestage_prefix_cache_blocks)", 10},
+      {R"(litestage_prefix_cache_evictions_total)", 5},
       {R"(litestage_model_info{backend="cpu",dtype="f32",model="stories260K"})",
        1},
   };
@@ -339,7 +351,7 @@ print(len(families), samples)
       << "python3-prometheus-client missing; " << kInstallHint << "\n"
       << result.output;
   ASSERT_EQ(result.exit_code, 0) << result.output;
-  EXPECT_EQ(result.output, "16 " + std::to_string(sample_lines) + "\n");
+  EXPECT_EQ(result.output, "19 " + std::to_string(sample_lines) + "\n");
   std::remove(text_path.c_str());
   std::remove(script_path.c_str());
 }

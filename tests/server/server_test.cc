@@ -601,6 +601,50 @@ TEST(ServerDeadlineTest, DeadlineExceededFreesKvCache) {
   EXPECT_THAT(metrics, HasSubstr("DEADLINE_EXCEEDED"));
 }
 
+// With the prefix cache on, a question asked again takes its prompt's
+// leading blocks from the cache (the record and the metrics say how many)
+// and answers exactly as a server without the cache does.
+TEST(ServerPrefixCacheTest, ARepeatedQuestionReusesItsPromptAndAnswersTheSame) {
+  ServerOptions cached_options = TinyOptions();
+  cached_options.engine.prefix_cache = true;
+  std::unique_ptr<LiteStageServer> cached = StartReady(cached_options);
+  std::unique_ptr<LiteStageServer> plain = StartReady(TinyOptions());
+  ASSERT_NE(cached, nullptr);
+  ASSERT_NE(plain, nullptr);
+  const auto reason = [](LiteStageServer& server, v1::ReasonResponse* out) {
+    auto stub = v1::LiteStage::NewStub(ChannelTo(server));
+    grpc::ClientContext context;
+    SetDeadline(&context, 60);
+    v1::ReasonRequest request;
+    // ~70 byte tokens: four whole blocks of the recall prompt.
+    request.set_question(
+        "Which of these would let the most heat travel through a wall?");
+    const grpc::Status status = stub->Reason(&context, request, out);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+  };
+  v1::ReasonResponse first, again, reference;
+  reason(*cached, &first);
+  reason(*cached, &again);
+  reason(*plain, &reference);
+  ASSERT_EQ(again.stages_size(), 3);
+  ASSERT_EQ(reference.stages_size(), 3);
+  EXPECT_EQ(first.stages(0).cached_prompt_tokens(), 0);
+  EXPECT_GE(again.stages(0).cached_prompt_tokens(), 64);
+  EXPECT_EQ(reference.stages(0).cached_prompt_tokens(), 0);
+  for (int s = 0; s < 3; ++s) {
+    EXPECT_EQ(again.stages(s).output(), reference.stages(s).output()) << s;
+    EXPECT_EQ(first.stages(s).output(), reference.stages(s).output()) << s;
+  }
+  EXPECT_EQ(again.answer(), reference.answer());
+  const std::string text = cached->metrics()->Serialize();
+  EXPECT_GE(
+      SampleValue(
+          text,
+          R"(litestage_prefix_cache_tokens_total{pipeline="mini",result="hit",stage="recall"})"),
+      64);
+  EXPECT_GT(SampleValue(text, "litestage_prefix_cache_blocks"), 0);
+}
+
 TEST(ServerOverloadTest, FullQueueReturnsUnavailable) {
   ServerOptions options = TinyOptions();
   options.max_queue = 1;
