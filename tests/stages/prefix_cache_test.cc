@@ -4,7 +4,8 @@
 // another on one engine give, stage by stage and branch by branch, the same
 // text, tokens, finish reasons and confidences as an engine without the
 // cache, while later stages and requests compute fewer prompt tokens. On the
-// synthetic tiny model and on stories260K (LITESTAGE_SHARED).
+// synthetic tiny model, on stories260K (LITESTAGE_SHARED) and on the default
+// GGUF model with tinythinker's few-shot prompt (LITESTAGE_DEFAULT_GGUF).
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -44,9 +45,13 @@ void ExpectSameOutputs(const ReasoningResult& cached,
     for (size_t i = 0; i < a.branches.size(); ++i) {
       EXPECT_EQ(a.branches[i].text, b.branches[i].text) << i;
       EXPECT_EQ(a.branches[i].finish_reason, b.branches[i].finish_reason) << i;
-      // Bit-equal: the CPU backend computes a position the same way however
-      // its prompt was split into chunks (tests/backend).
-      EXPECT_EQ(a.branches[i].mean_confidence, b.branches[i].mean_confidence)
+      // A prompt split differently into chunks runs the batched matmul over
+      // other row counts, which sums in another order on models with large
+      // hidden sizes: bit-equal on the small models, up to 3.7e-7 measured on
+      // the default one (the bound leaves room for other ISAs), far below
+      // what changes a token.
+      EXPECT_NEAR(a.branches[i].mean_confidence, b.branches[i].mean_confidence,
+                  1e-5)
           << i;
     }
   }
@@ -149,6 +154,30 @@ TEST(PrefixCacheTest, Stories260KGivesTheFaithfulOutputs) {
       model, *pipeline, {"full", "even:1"}, cases, /*max_new_tokens_cap=*/24);
   ASSERT_EQ(cached.size(), 6u);
   EXPECT_GT(cached[1], cached[0]);  // The repeated question.
+}
+
+// The default model as served: tinythinker with its few-shot prefix, which
+// the second question takes from the first one's blocks.
+TEST(PrefixCacheTest, DefaultModelGivesTheFaithfulOutputs) {
+  const char* gguf = std::getenv("LITESTAGE_DEFAULT_GGUF");
+  if (gguf == nullptr || *gguf == '\0') {
+    GTEST_SKIP() << "LITESTAGE_DEFAULT_GGUF is unset "
+                    "(scripts/fetch-default-model.sh)";
+  }
+  ASSERT_TRUE(std::filesystem::exists(gguf)) << gguf << " is missing";
+  auto pipeline = BuiltinPipeline("tinythinker");
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  const std::vector<Case> cases = {
+      {"Which of these would let the most heat travel through?",
+       {"a new pair of jeans", "a steel spoon in a cafeteria",
+        "a cotton candy at a store", "a calvin klein cotton hat"}},
+      {"What is used to measure the mass of an object?",
+       {"a balance", "a thermometer", "a ruler", "a clock"}},
+  };
+  const std::vector<int64_t> cached = CompareRuns(
+      gguf, *pipeline, {"full", "even:2"}, cases, /*max_new_tokens_cap=*/12);
+  ASSERT_EQ(cached.size(), 4u);
+  EXPECT_GT(cached[1], cached[0]);  // The few-shot prefix, computed once.
 }
 
 }  // namespace
