@@ -104,3 +104,4 @@ python3 bench/report.py --engine "${engine_files[@]}" --hf "${hf_files[@]}" \
   --results-dir "$results_dir" --command "$command" --kernels "$kernels_out"
 "$root/bench/gguf_bench.sh"  # the default GGUF model against transformers and llama.cpp
 "$root/bench/server_bench.sh"  # litestage-server under litestage-cli bench
+"$root/bench/prefix_cache_bench.sh"  # the KV prefix cache off against on, same server load

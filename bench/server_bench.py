@@ -40,7 +40,7 @@ def free_port():
 
 
 class Server:
-    def __init__(self, args, batching):
+    def __init__(self, args, batching, extra_flags=()):
         self.dir = tempfile.mkdtemp(prefix="server_bench.")
         self.metrics_port = free_port()
         port_file = os.path.join(self.dir, "port")
@@ -50,7 +50,7 @@ class Server:
              "--host=127.0.0.1", "--port=0", f"--port-file={port_file}",
              f"--metrics-port={self.metrics_port}", f"--threads={args.threads}",
              f"--max-batch={args.max_batch}", "--max-queue=1024",
-             f"--skip-set-batching={batching}"],
+             f"--skip-set-batching={batching}", *extra_flags],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while not os.path.exists(port_file):
@@ -65,6 +65,10 @@ class Server:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"server_bench: the server never became ready; see {self.log.name}")
             time.sleep(0.2)
+
+    def metrics_text(self):
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return urllib.request.urlopen(url, timeout=30).read().decode()
 
     def batch_totals(self):
         """(sum, count) of litestage_batch_size: sequences and steps so far."""
