@@ -16,7 +16,8 @@
 // device skips with the reason, unless it is listed in
 // LITESTAGE_CONFORMANCE_REQUIRE, where it fails (set it on a GPU machine).
 //
-// Models: synthetic:tiny (always) and stories260K from LITESTAGE_SHARED (a
+// Models: synthetic:tiny and synthetic:wide (tiny with a 4096-wide MLP;
+// always) and stories260K from LITESTAGE_SHARED (a
 // real trained model with grouped-query attention; skipped when the variable
 // is unset, failing when it is set and the model is missing, as the golden
 // tests do). ~760 lines: one fixture and one body per behaviour of the
@@ -51,14 +52,13 @@ constexpr int64_t kCacheTokens = 4096;
 
 // How far a backend's logits may lie from the reference's.
 //
-// cpu: 0, bit-identical, on these two models (hidden size 64): the CPU
-// kernels give a row the same result whatever else is in the step (row
-// count, chunking, thread count, block placement). On larger hidden sizes a
-// different row count can change the summation order (seen on the default
-// model: a prompt chunked differently moves mean confidences by up to
-// 3.7e-7, tests/stages/prefix_cache_test.cc), so a larger conformance model
-// would need a bound here; a kernel change that breaks exactness on these
-// two must say why and state the bound it keeps.
+// cpu: 0, bit-identical. The CPU kernels give a row the same bits whatever
+// else is in the step (row count, chunking, thread count, block placement):
+// the matmul sums k in fixed blocks for any row count (matmul_tiles.h), which
+// synthetic:wide's 4096-wide MLP exercises (before that rule, a prompt
+// chunked differently moved the default model's confidences by up to
+// 3.7e-7). A kernel change that breaks exactness must say why here and state
+// the bound it keeps.
 // Plugins: 3e-2 absolute, room for the reduced-precision (bf16/TF32)
 // accumulation of a GPU matmul chain on these models' logits (magnitude
 // up to ~15); a wrong block, position or skip set moves logits by far more
@@ -225,6 +225,17 @@ class BackendConformanceTest : public testing::TestWithParam<Param> {
           << "LITESTAGE_SHARED is set but " << dir
           << "/model.safetensors is missing";
       auto weights = LoadModelWeights(dir);
+      ASSERT_TRUE(weights.ok()) << weights.status();
+      weights_ = *std::move(weights);
+    } else if (model == "synthetic:wide") {
+      // tiny with a 4096-wide MLP: the down projection's k is summed in
+      // blocks (matmul_tiles.h), which must give the same bits for a row
+      // whatever the step's row count.
+      auto config = SyntheticPresetConfig("tiny");
+      ASSERT_TRUE(config.ok()) << config.status();
+      config->intermediate_size = 4096;
+      auto weights =
+          MakeSyntheticWeightsForConfig(*config, "wide", DType::kF32, 11);
       ASSERT_TRUE(weights.ok()) << weights.status();
       weights_ = *std::move(weights);
     } else {
@@ -759,6 +770,7 @@ std::string ParamName(const testing::TestParamInfo<Param>& info) {
 INSTANTIATE_TEST_SUITE_P(Backends, BackendConformanceTest,
                          testing::Combine(testing::ValuesIn(DevicesUnderTest()),
                                           testing::Values("synthetic:tiny",
+                                                          "synthetic:wide",
                                                           "stories260K")),
                          ParamName);
 

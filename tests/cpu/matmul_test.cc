@@ -1,5 +1,6 @@
 #include "engine/backends/cpu/matmul.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -143,13 +144,54 @@ TEST(MatMulTest, MatchesReferenceOnAwkwardSizes) {
 }
 
 TEST(MatMulTest, RowAndDepthBlocking) {
-  // m > 128 crosses a row block; 131 * 1100 floats of x exceed the 512 KiB
-  // block, so k is split too and y accumulates partial sums.
+  // m > 128 crosses a row block; k = 1100 is summed in two k blocks (y
+  // accumulates partial sums), and 128 rows x 1100 floats of x exceed
+  // 512 KiB, so the k blocks are the outer loop.
   ThreadPool pool(2);
   std::mt19937 rng(99);
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     CheckRandom(dtype, 131, 1100, 37, pool, rng);
     CheckRandom(dtype, 300, 40, 19, pool, rng);
+  }
+}
+
+// A row's result is the same bits whatever else is in the call: computing
+// rows alone (m = 1), in small groups and in one call of m = 131 (which
+// crosses a row block and, at k = 1100 and 4100, the size where the k blocks
+// become the outer loop) gives identical outputs, for every ISA and dtype and
+// thread count. Chunked prefill, decode steps and batches of any size then
+// compute a token the same way (the backend conformance suite and the prefix
+// cache rely on it).
+TEST(MatMulTest, ARowsResultDoesNotDependOnTheOtherRows) {
+  ThreadPool one(1), three(3);
+  std::mt19937 rng(2024);
+  IsaRestorer restore;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (int64_t k : {64, 1000, 1100, 4100}) {
+      constexpr int64_t kM = 131, kN = 21;
+      const TestWeight weight(dtype, kN, k, RandomValues(kN * k, rng));
+      const std::vector<float> x = RandomValues(kM * k, rng);
+      for (Isa isa : AvailableIsas()) {
+        ASSERT_EQ(SetActiveIsaForTesting(isa), isa);
+        SCOPED_TRACE(testing::Message() << "isa=" << IsaName(isa) << " dtype="
+                                        << DTypeName(dtype) << " k=" << k);
+        std::vector<float> all(kM * kN);
+        MatMul(x.data(), kM, weight.tensor, all.data(), three);
+        for (int64_t group : {1, 3, 40}) {
+          for (int64_t i0 = 0; i0 < kM; i0 += group) {
+            const int64_t rows = std::min(group, kM - i0);
+            std::vector<float> part(rows * kN);
+            MatMul(x.data() + i0 * k, rows, weight.tensor, part.data(),
+                   group == 3 ? three : one);
+            for (int64_t i = 0; i < rows * kN; ++i) {
+              ASSERT_EQ(part[i], all[i0 * kN + i])
+                  << "row " << i0 + i / kN << " col " << i % kN
+                  << " in groups of " << group;
+            }
+          }
+        }
+      }
+    }
   }
 }
 

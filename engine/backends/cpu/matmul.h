@@ -15,8 +15,10 @@ namespace litestage::cpu {
 //   y: [m, n] f32 row-major; must not overlap x or w.
 // Any m >= 0, k >= 1, n >= 1; pointers need no particular alignment. BF16
 // weights are widened exactly, so the result matches F32 weights holding the
-// same values up to summation order. Parallelised over n on `pool`; uses the
-// kernel of ActiveIsa().
+// same values up to summation order. A row's result does not depend on m or
+// on the other rows (k is summed in fixed blocks, matmul_tiles.h), so a token
+// computes to the same bits in any batch or chunk. Parallelised over n on
+// `pool`; uses the kernel of ActiveIsa().
 void MatMul(const float* x, int64_t m, const Tensor& w, float* y,
             ThreadPool& pool);
 

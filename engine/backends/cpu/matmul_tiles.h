@@ -29,8 +29,16 @@ inline int64_t MinI64(int64_t a, int64_t b) { return a < b ? a : b; }
 // thread's slice of w from memory once, so prefill with m <= 128 reads the
 // weights once; larger m re-reads them every 128 rows.
 constexpr int64_t kRowBlock = 128;
-// Bytes of x kept hot (L2) while the weights stream past. Above this, k is
-// split into blocks and y accumulates the partial sums.
+// k is summed in blocks of this many elements whatever m is: a row's result
+// (each block's lane sums reduced, then the blocks added in order) is then
+// the same bits for any m, so a token computes the same in a prefill chunk,
+// a decode step or a batch of any size (the backend conformance suite and
+// the prefix cache rely on it). 128 rows x 1024 f32 = 512 KiB of x stay hot
+// in L2 while the weights stream past.
+constexpr int64_t kKBlock = 1024;
+// Bytes of x that fit in L2 beside the streaming weights: below this the
+// whole of k is looped inside each weight tile (the weights stream once,
+// contiguously); above it, the k blocks are the outer loop.
 constexpr int64_t kXBlockBytes = 512 * 1024;
 
 template <class K, typename WT>
@@ -60,26 +68,28 @@ void MatMulColumns(const float* x, int64_t m, int64_t k, const WT* w, int64_t n,
   constexpr int64_t kNr = K::kMaxCols;  // w rows per micro-tile
   for (int64_t m0 = 0; m0 < m; m0 += kRowBlock) {
     const int64_t mb = MinI64(kRowBlock, m - m0);
-    int64_t kb = k;
-    if (mb * k * static_cast<int64_t>(sizeof(float)) > kXBlockBytes) {
-      kb = kXBlockBytes / (mb * static_cast<int64_t>(sizeof(float)));
-      kb = kb < 64 ? 64
-                   : kb & ~int64_t{63};  // Full vectors until the last block.
-    }
-    for (int64_t k0 = 0; k0 < k; k0 += kb) {
-      const int64_t k_len = MinI64(kb, k - k0);
-      const bool accumulate = k0 > 0;
-      // The kNr weight rows (kNr * k_len elements, L1-resident) are reused
-      // against every x row of the block before moving on, so the weights
-      // stream from memory once per block.
+    // One micro-tile: rows [i0, i0 + mr) x weight rows [j0, j0 + nr) over
+    // k block [k0, k0 + kKBlock).
+    const auto tile = [&](int64_t i0, int64_t j0, int64_t k0) {
+      const int64_t mr = MinI64(kMr, m0 + mb - i0);
+      const int64_t nr = MinI64(kNr, n_end - j0);
+      TileTable<K, WT>::kTiles[mr - 1][nr - 1](
+          x + i0 * k + k0, k, w + j0 * k + k0, k, MinI64(kKBlock, k - k0),
+          y + i0 * n + j0, n, /*accumulate=*/k0 > 0);
+    };
+    if (mb * k * static_cast<int64_t>(sizeof(float)) <= kXBlockBytes) {
+      // x fits: each kNr weight rows (L1-resident per k block) meet every x
+      // row of the block, all of k, before the next tile.
       for (int64_t j0 = n_begin; j0 < n_end; j0 += kNr) {
-        const int64_t nr = MinI64(kNr, n_end - j0);
-        const WT* w_tile = w + j0 * k + k0;
         for (int64_t i0 = m0; i0 < m0 + mb; i0 += kMr) {
-          const int64_t mr = MinI64(kMr, m0 + mb - i0);
-          TileTable<K, WT>::kTiles[mr - 1][nr - 1](x + i0 * k + k0, k, w_tile,
-                                                   k, k_len, y + i0 * n + j0, n,
-                                                   accumulate);
+          for (int64_t k0 = 0; k0 < k; k0 += kKBlock) tile(i0, j0, k0);
+        }
+      }
+    } else {
+      // Keep one k block of x hot while every weight tile streams past it.
+      for (int64_t k0 = 0; k0 < k; k0 += kKBlock) {
+        for (int64_t j0 = n_begin; j0 < n_end; j0 += kNr) {
+          for (int64_t i0 = m0; i0 < m0 + mb; i0 += kMr) tile(i0, j0, k0);
         }
       }
     }
