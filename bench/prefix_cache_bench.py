@@ -29,7 +29,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server_bench import Server, git  # noqa: E402
+from server_bench import Server, add_server_arguments, git  # noqa: E402
 
 
 def prompt_tokens(server):
@@ -98,19 +98,13 @@ def load_questions(path, limit):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bin-dir", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--questions", required=True)
-    parser.add_argument("--results-dir", required=True)
-    parser.add_argument("--command", default="bench/prefix_cache_bench.py")
+    add_server_arguments(parser, "bench/prefix_cache_bench.sh")
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", default="6,16",
                         help="questions per round at each concurrency")
     parser.add_argument("--stage-tokens", type=int, default=0,
                         help="cap per stage; 0 keeps the pipeline's")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--check-questions", type=int, default=4)
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]

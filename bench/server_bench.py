@@ -140,13 +140,20 @@ def git(*command):
         return "unknown"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_server_arguments(parser, command):
+    """The flags every real-server benchmark takes (Server reads them)."""
     parser.add_argument("--bin-dir", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--questions", required=True)
     parser.add_argument("--results-dir", required=True)
-    parser.add_argument("--command", default="bench/server_bench.sh")
+    parser.add_argument("--command", default=command)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--max-batch", type=int, default=64)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_server_arguments(parser, "bench/server_bench.sh")
     parser.add_argument("--profile", default="even:8")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--requests-per-client", type=int, default=2,
@@ -154,8 +161,6 @@ def main():
     parser.add_argument("--mixed-concurrency", type=int, default=8,
                         help="clients of the skip-set batching run, half per profile")
     parser.add_argument("--stage-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--reps", type=int, default=1)
     args = parser.parse_args()
     profiles = ["full", args.profile]

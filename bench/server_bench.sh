@@ -14,19 +14,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-bin_dir="${BENCH_BIN_DIR:-$root/build/bin}"
-for binary in litestage-server litestage-cli; do
-  if [ ! -x "$bin_dir/$binary" ]; then
-    echo "bench/server_bench.sh: $bin_dir/$binary is missing; run 'make build' first" >&2
-    exit 1
-  fi
-done
-model="${BENCH_MODEL:-$("$root/scripts/fetch-default-model.sh")}"
-questions="${BENCH_QUESTIONS:-${LITESTAGE_SHARED:-$root/../shared}/data/obqa/test.jsonl}"
-if [ ! -f "$questions" ]; then
-  echo "bench/server_bench.sh: no question file $questions (set LITESTAGE_SHARED or BENCH_QUESTIONS)" >&2
-  exit 1
-fi
+# shellcheck source=bench/server_env.sh
+source "$root/bench/server_env.sh" "bench/server_bench.sh"
 command="bench/server_bench.sh"
 for var in BENCH_MODEL BENCH_PROFILE BENCH_CONCURRENCY BENCH_STAGE_TOKENS BENCH_REPS BENCH_THREADS; do
   if [ -n "${!var:-}" ]; then command="$var=${!var} $command"; fi
