@@ -74,7 +74,11 @@ echo
 echo "== litestage-cli reason (tinythinker: recall -> analysis per option -> summary) =="
 echo "   question: $question"
 echo "   choices:  $choices"
-for profile in full "$searched"; do
+# The prefix cache (on by default) keeps what a request computed: a profile
+# that ran second would find the first one's prompts cached. For a fair
+# comparison each profile answers once untimed, then both are timed with
+# their own prompts in the cache.
+for profile in full "$searched" full "$searched"; do
   "$bin/litestage-cli" reason --target "$target" --question "$question" \
     --choices "$choices" --profile "$profile" --json > "$work/$profile.json"
 done
@@ -88,11 +92,13 @@ for run in (full, searched):
         skipped = int(stage["skipped_attention_layers"]) + int(stage["skipped_mlp_layers"])
         exit_note = " (early exit)" if stage["early_exit_fired"] else ""
         print(f"   {stage['name']:<9} {stage['seconds']:5.2f} s  {int(stage['generated_tokens']):3d} tokens"
+              f"  {int(stage['prompt_tokens']) - int(stage['cached_prompt_tokens']):4d} prompt tokens computed"
+              f" ({int(stage['cached_prompt_tokens'])} cached)"
               f"  {skipped:2d} sub-layers skipped{exit_note}: {stage['output'][:100]!r}")
 kept = full["answer_index"] == searched["answer_index"]
 speedup = full["timings"]["total_seconds"] / max(searched["timings"]["total_seconds"], 1e-9)
 print(f"== {searched['profile']} vs full on this question: answer kept: {'yes' if kept else 'NO'},"
-      f" {speedup:.2f}x the speed of full (one request; timings on a shared machine are noisy) ==")
+      f" {speedup:.2f}x the speed of full (one warm request each; timings on a shared machine are noisy) ==")
 if len(sys.argv) > 3 and sys.argv[3]:
     search = json.load(open(sys.argv[3]))["provenance"]["search"]
     chosen = ", ".join(f"{name} k={c['k']}" + (f" exit {c['early_exit']['window']}@{c['early_exit']['threshold']:.3f}"
