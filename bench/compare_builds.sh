@@ -112,12 +112,8 @@ stages_equal = all([st["output"] for st in p["stages"]] ==
                    [st["output"] for st in pipe["a"][0]["stages"]]
                    for s in "ab" for p in pipe[s])
 stages = {s: json.load(open(f"{work}/stages-{s}.json")) for s in "ab"}
-def stage_rows(doc):
-    out = {}
-    for c in doc.get("configs", doc.get("results", [])):
-        key = c.get("name") or c.get("profile")
-        out[key] = c.get("median_seconds")
-    return out
+def stage_rows(doc):  # stages_bench --json_out: {"configs": [{name, median_seconds}]}
+    return {c["name"]: c["median_seconds"] for c in doc["configs"]}
 sa, sb = stage_rows(stages["a"]), stage_rows(stages["b"])
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                         capture_output=True, text=True).stdout.strip()
@@ -139,13 +135,12 @@ for name, unit, ma, mb, ratio, a0, a1, b0, b1, _ in rows:
 lines += ["", f"Same generated text in every run of both builds: "
           f"{'yes' if texts_equal else 'NO'}; same tinythinker stage outputs: "
           f"{'yes' if stages_equal else 'NO'}.", ""]
-if sa and sb:
+if sa:
     lines += ["stages_bench (median seconds per request, each build's own "
               "medians over its reps):", "",
               f"| config | {label['a']} | {label['b']} | B/A |", "|---|---|---|---|"]
-    for key in sa:
-        if key in sb and sa[key] and sb[key]:
-            lines.append(f"| {key} | {sa[key]:.3f} | {sb[key]:.3f} | {sb[key] / sa[key]:.3f} |")
+    for key in [k for k in sa if k in sb]:
+        lines.append(f"| {key} | {sa[key]:.3f} | {sb[key]:.3f} | {sb[key] / sa[key]:.3f} |")
     lines.append("")
 open(out + ".md", "w").write("\n".join(lines))
 json.dump({"rows": [dict(zip(["figure", "unit", "median_a", "median_b", "ratio",

@@ -150,8 +150,8 @@ class KvBlockManager {
   };
   static BlockKey ChainKey(BlockKey previous, int32_t skip,
                            absl::Span<const int32_t> tokens);
-  // A block for a reservation: a never-written one, else the least recently
-  // released cached one (unpublished first).
+  // A block for a reservation: one from the free list (holding nothing
+  // findable), else the least recently released cached one, unpublished.
   int32_t TakeBlock();
   // One owner fewer; a block nobody holds becomes evictable if published,
   // free otherwise.

@@ -2,8 +2,8 @@
 // on a free port with the synthetic tiny model and a short 3-stage pipeline
 // (written by the test: tinythinker's few-shot prompt would overflow the
 // tiny model's 1024-byte context), and every RPC goes through a real gRPC
-// channel with the generated stubs. (~810 lines: every RPC with its error
-// cases over one in-process server fixture.)
+// channel with the generated stubs. (~860 lines: every RPC with its error
+// cases, and the prefix cache, over one in-process server fixture.)
 #include "server/server.h"
 
 #include <atomic>
