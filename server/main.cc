@@ -38,9 +38,7 @@ ABSL_FLAG(std::string, port_file, "",
 ABSL_FLAG(int32_t, metrics_port, 9090,
           "Prometheus /metrics port on --host; 0 disables the exporter");
 ABSL_FLAG(std::string, device, "cpu", litestage::kDeviceFlagHelp);
-ABSL_FLAG(std::string, dtype, "auto",
-          "Weight dtype for matrices: auto (as stored; bf16 for synthetic), "
-          "f32 or bf16");
+ABSL_FLAG(std::string, dtype, "auto", litestage::kDTypeFlagHelp);
 ABSL_FLAG(int32_t, threads, 0,
           "Compute threads of the backend; 0 uses every hardware thread");
 ABSL_FLAG(std::vector<std::string>, pipelines, {},

@@ -59,9 +59,7 @@ ABSL_FLAG(std::vector<std::string>, stop, {}, "Comma-separated stop strings");
 ABSL_FLAG(bool, ignore_eos, false,
           "Keep generating after an end-of-sequence token");
 ABSL_FLAG(std::string, device, "cpu", litestage::kDeviceFlagHelp);
-ABSL_FLAG(std::string, dtype, "auto",
-          "Weight dtype for matrices: auto (as stored; bf16 for synthetic), "
-          "f32 or bf16");
+ABSL_FLAG(std::string, dtype, "auto", litestage::kDTypeFlagHelp);
 ABSL_FLAG(int32_t, threads, 0, "Worker threads; 0 uses every hardware thread");
 ABSL_FLAG(uint64_t, synthetic_seed, 0, "Seed of synthetic random weights");
 ABSL_FLAG(int64_t, kv_cache_tokens, 16384, "Token capacity of the KV cache");

@@ -10,8 +10,7 @@
 ABSL_FLAG(std::string, model, "",
           "Hugging Face model directory, a .gguf file, or synthetic:<preset>");
 ABSL_FLAG(std::string, device, "cpu", litestage::kDeviceFlagHelp);
-ABSL_FLAG(std::string, dtype, "auto",
-          "Weight dtype for matrices: auto, f32 or bf16");
+ABSL_FLAG(std::string, dtype, "auto", litestage::kDTypeFlagHelp);
 ABSL_FLAG(int64_t, threads, 0, "Worker threads; 0 uses all hardware threads");
 ABSL_FLAG(std::string, pipeline, "tinythinker",
           "A built-in pipeline name (tinythinker) or a pipeline JSON file");

@@ -29,6 +29,12 @@ inline float LoadAsF32(const uint8_t* source, DType dtype, size_t i) {
       std::memcpy(&bits, source + i * 2, 2);
       return Bf16ToF32(bits);
     }
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ8_0:
+      // Blocks are never converted element by element (the GGUF loader
+      // keeps them or dequantizes whole rows).
+      LS_CHECK(false) << "cannot convert " << DTypeName(dtype) << " elements";
   }
   return 0.0f;
 }

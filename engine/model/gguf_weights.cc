@@ -1,7 +1,9 @@
 #include "engine/model/gguf_weights.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <system_error>
 #include <utility>
@@ -14,9 +16,11 @@
 #include "engine/model/convert.h"
 #include "engine/model/dequantize.h"
 #include "engine/model/fingerprint.h"
+#include "engine/model/quant_blocks.h"
 #include "engine/model/safetensors.h"
 #include "engine/model/weight_layout.h"
 #include "engine/util/check.h"
+#include "engine/util/float16.h"
 #include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -47,12 +51,16 @@ class GgufWeightBuilder {
   // `rope_head_dim` > 0: the file's Q and K rows are interleaved per head of
   // that size by llama.cpp's converter and are put back in HF order.
   // `use_mmap` false: every tensor is copied, none is a view into the file.
+  // `keep_blocks`: matrices stored as Q4_0, Q4_1 or Q8_0 stay in their
+  // blocks (the kernels compute on them); other matrices become the dtype
+  // Matrix() is asked for.
   GgufWeightBuilder(const GgufFile& file, ModelWeights& weights,
-                    int64_t rope_head_dim, bool use_mmap)
+                    int64_t rope_head_dim, bool use_mmap, bool keep_blocks)
       : file_(file),
         weights_(weights),
         rope_head_dim_(rope_head_dim),
-        use_mmap_(use_mmap) {}
+        use_mmap_(use_mmap),
+        keep_blocks_(keep_blocks) {}
 
   // The tensor `name` after checking it exists, has a type DequantizeRow
   // supports and the shape [rows, cols] (a vector when rows == 0).
@@ -102,16 +110,26 @@ class GgufWeightBuilder {
         absl::EndsWith(name, absl::StrCat(".", kGgufTensorNames.q_proj)) ||
         absl::EndsWith(name, absl::StrCat(".", kGgufTensorNames.k_proj));
     const int64_t head_dim = interleaved ? rope_head_dim_ : 0;
+    if (keep_blocks_) {
+      if (const std::optional<DType> blocks = BlockDType(stored->type)) {
+        return Blocks(*stored, rows, cols, *blocks, head_dim);
+      }
+    }
     const bool same_type =
         (stored->type == GgufType::kF32 && dtype == DType::kF32) ||
         (stored->type == GgufType::kBF16 && dtype == DType::kBF16);
     const auto address = reinterpret_cast<uintptr_t>(stored->data);
     if (use_mmap_ && same_type && head_dim == 0 &&
         address % DTypeSize(dtype) == 0) {
+      made_views_ = true;
       return Tensor{dtype, {rows, cols}, stored->data};
     }
     return Dequantize(*stored, rows, cols, dtype, head_dim);
   }
+
+  // Whether any tensor is a view into the file (which must then stay
+  // mapped).
+  bool made_views() const { return made_views_; }
 
   std::vector<std::string> Unused() const {
     std::vector<std::string> names;
@@ -134,6 +152,85 @@ class GgufWeightBuilder {
     const int64_t c = within / half;
     const int64_t k = within % half;
     return head * head_dim + 2 * k + c;
+  }
+
+  // The block-quantized DType that holds `type` as stored, if any.
+  static std::optional<DType> BlockDType(GgufType type) {
+    switch (type) {
+      case GgufType::kQ4_0:
+        return DType::kQ4_0;
+      case GgufType::kQ4_1:
+        return DType::kQ4_1;
+      case GgufType::kQ8_0:
+        return DType::kQ8_0;
+      default:
+        return std::nullopt;
+    }
+  }
+
+  // A [rows, cols] matrix left in its blocks (quant_blocks.h): the
+  // quantized values copied as stored, the f16 scales widened to f32 (both
+  // exact), and the Q/K rows put back in order (whole rows of blocks move).
+  Tensor Blocks(const GgufTensor& stored, int64_t rows, int64_t cols,
+                DType dtype, int64_t head_dim) {
+    Tensor tensor{dtype, {rows, cols}, nullptr};
+    const int64_t blocks_per_row = cols / kQuantBlockElements;
+    const GgufTypeInfo* info =
+        FindGgufTypeInfo(static_cast<uint32_t>(stored.type));
+    LS_CHECK(info != nullptr);
+    const size_t stored_block = static_cast<size_t>(info->block_bytes);
+    const size_t block_bytes = DTypeBlockBytes(dtype);
+    std::unique_ptr<uint8_t[]> buffer = AllocateWeightBuffer(
+        static_cast<size_t>(rows) * DTypeRowBytes(dtype, cols));
+    uint8_t* out = buffer.get();
+    ParallelForChunks(
+        static_cast<size_t>(rows), 64, [&](size_t begin, size_t end) {
+          for (size_t row = begin; row < end; ++row) {
+            const uint8_t* source =
+                stored.data + SourceRow(static_cast<int64_t>(row), head_dim) *
+                                  blocks_per_row * stored_block;
+            uint8_t* destination = out + row * blocks_per_row * block_bytes;
+            for (int64_t b = 0; b < blocks_per_row; ++b) {
+              WidenBlock(dtype, source + b * stored_block,
+                         destination + b * block_bytes);
+            }
+          }
+        });
+    tensor.data = buffer.get();
+    weights_.owned_buffers.push_back(std::move(buffer));
+    return tensor;
+  }
+
+  // One GGUF block (f16 scale, [f16 minimum,] values) -> quant_blocks.h.
+  static void WidenBlock(DType dtype, const uint8_t* in, uint8_t* out) {
+    const auto half = [](const uint8_t* p) {
+      uint16_t bits;
+      std::memcpy(&bits, p, 2);
+      return F16ToF32(bits);
+    };
+    switch (dtype) {
+      case DType::kQ4_0: {
+        auto* block = reinterpret_cast<BlockQ4_0*>(out);
+        block->d = half(in);
+        std::memcpy(block->qs, in + 2, sizeof(block->qs));
+        return;
+      }
+      case DType::kQ4_1: {
+        auto* block = reinterpret_cast<BlockQ4_1*>(out);
+        block->d = half(in);
+        block->m = half(in + 2);
+        std::memcpy(block->qs, in + 4, sizeof(block->qs));
+        return;
+      }
+      case DType::kQ8_0: {
+        auto* block = reinterpret_cast<BlockQ8_0*>(out);
+        block->d = half(in);
+        std::memcpy(block->qs, in + 2, sizeof(block->qs));
+        return;
+      }
+      default:
+        LS_CHECK(false) << "not a block type: " << DTypeName(dtype);
+    }
   }
 
   Tensor Dequantize(const GgufTensor& stored, int64_t rows, int64_t cols,
@@ -182,6 +279,8 @@ class GgufWeightBuilder {
   std::set<std::string> used_;
   const int64_t rope_head_dim_;
   const bool use_mmap_;
+  const bool keep_blocks_;
+  bool made_views_ = false;
 };
 
 }  // namespace
@@ -314,9 +413,12 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& file) {
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGgufWeights(
     const std::string& path, const LoadOptions& options) {
-  if (options.matrix_dtype && *options.matrix_dtype == DType::kF16) {
+  if (options.matrix_dtype && *options.matrix_dtype != DType::kF32 &&
+      *options.matrix_dtype != DType::kBF16) {
     return absl::InvalidArgumentError(absl::StrCat(
-        path, ": f16 matrices are not supported; request f32 or bf16"));
+        path, ": ", DTypeName(*options.matrix_dtype),
+        " matrices cannot be requested; request f32 or bf16, or none to "
+        "keep the file's blocks"));
   }
   LS_ASSIGN_OR_RETURN(GgufFile file, GgufFile::Open(path));
   LS_ASSIGN_OR_RETURN(ModelConfig config, GgufModelConfig(file));
@@ -327,10 +429,13 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGgufWeights(
   weights->config = config;
   weights->source = path;
   weights->synthetic = false;
-  // Only the llama converter interleaves Q/K rows (Qwen's does not).
+  // Only the llama converter interleaves Q/K rows (Qwen's does not). By
+  // default Q4_0/Q4_1/Q8_0 matrices stay in their blocks, which the kernels
+  // compute on to the same bits as their exact f32 dequantization.
   GgufWeightBuilder builder(
-      file, *weights, arch == "llama" ? config.head_dim : 0, options.use_mmap);
-  DType dtype = DType::kF32;  // Quantized blocks dequantize exactly to f32.
+      file, *weights, arch == "llama" ? config.head_dim : 0, options.use_mmap,
+      /*keep_blocks=*/!options.matrix_dtype.has_value());
+  DType dtype = DType::kF32;  // Other quantized types dequantize exactly.
   if (options.matrix_dtype) {
     dtype = *options.matrix_dtype;
   } else {
@@ -343,6 +448,9 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGgufWeights(
   }
   LS_RETURN_IF_ERROR(
       BuildDecoderWeights(kGgufTensorNames, dtype, builder, *weights));
+  // What the layers hold (a kept embedding may differ, e.g. Q8_0 beside
+  // Q4_1 layers).
+  weights->matrix_dtype = weights->layers.front().q_proj.dtype;
 
   const std::vector<std::string> unused = builder.Unused();
   if (!unused.empty()) {
@@ -361,7 +469,11 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGgufWeights(
   // F32/BF16 matrices may be views into the mapping; its address survives
   // the move. Without mmap every tensor was copied and the mapping is
   // released with `file`.
-  if (options.use_mmap) weights->mapped_files.push_back(file.TakeMapping());
+  // Copied weights do not need the file: unmapping it keeps only the copies
+  // resident.
+  if (options.use_mmap && builder.made_views()) {
+    weights->mapped_files.push_back(file.TakeMapping());
+  }
   return weights;
 }
 

@@ -26,9 +26,11 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& file);
 
 // Loads the weights of a GGUF file. Every tensor is checked (present, shape
 // against the config, a type DequantizeRow supports). Matrices become
-// options.matrix_dtype, or by default: bf16 when stored as bf16, f32
-// otherwise (quantized matrices are dequantized exactly to f32, which matches
-// transformers' GGUF loading). Vectors are f32. For "llama" files the rows
+// options.matrix_dtype, or by default (nullopt): Q4_0, Q4_1 and Q8_0
+// matrices stay in their blocks (DType kQ4_0/kQ4_1/kQ8_0; the matmul's
+// results are bit-identical to their exact f32 dequantization, which is
+// what transformers' GGUF loading computes with), bf16 stays bf16, and every
+// other type is dequantized exactly to f32. Vectors are f32. For "llama" files the rows
 // of Q and K, which llama.cpp's converter interleaves per head, are put back
 // in Hugging Face (rotate_half) order.
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGgufWeights(

@@ -243,10 +243,10 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> MakeSyntheticWeights(
 absl::StatusOr<std::unique_ptr<ModelWeights>> MakeSyntheticWeightsForConfig(
     const ModelConfig& config, const std::string& name, DType matrix_dtype,
     uint64_t seed) {
-  if (matrix_dtype == DType::kF16) {
+  if (matrix_dtype != DType::kF32 && matrix_dtype != DType::kBF16) {
     return absl::InvalidArgumentError(
-        absl::StrCat("synthetic:", name,
-                     ": f16 matrices are not supported; use f32 or bf16"));
+        absl::StrCat("synthetic:", name, ": ", DTypeName(matrix_dtype),
+                     " matrices are not supported; use f32 or bf16"));
   }
   auto weights = std::make_unique<ModelWeights>();
   weights->config = config;

@@ -255,9 +255,11 @@ absl::StatusOr<DType> ChooseMatrixDType(const ModelConfig& config,
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(
     const std::string& model_dir, const LoadOptions& options) {
-  if (options.matrix_dtype && *options.matrix_dtype == DType::kF16) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        model_dir, ": f16 matrices are not supported; request f32 or bf16"));
+  if (options.matrix_dtype && *options.matrix_dtype != DType::kF32 &&
+      *options.matrix_dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(model_dir, ": ", DTypeName(*options.matrix_dtype),
+                     " matrices are not supported; request f32 or bf16"));
   }
   if (IsGgufModelPath(model_dir)) return LoadGgufWeights(model_dir, options);
   LS_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));

@@ -51,7 +51,9 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   Tensor norm;                       // [H] f32
   Tensor lm_head;                    // [V, H]; aliases embed_tokens when tied.
-  DType matrix_dtype = DType::kF32;  // dtype of every matrix above.
+  // dtype of the layers' matrices. The embedding / LM head can differ when
+  // a GGUF file's blocks are kept (SmolLM2's Q4_1 files store it as Q8_0).
+  DType matrix_dtype = DType::kF32;
   bool synthetic = false;            // Seeded random weights, not a real model.
   std::string source;                // Directory or "synthetic:<preset>".
   uint64_t synthetic_seed = 0;       // Seed of synthetic weights.

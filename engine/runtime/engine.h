@@ -34,7 +34,8 @@ struct EngineOptions {
   // A Hugging Face model directory or "synthetic:<preset>".
   std::string model;
   std::string device = "cpu";
-  // Matrix dtype at load; nullopt keeps the file's (synthetic: bf16).
+  // Matrix dtype at load; nullopt keeps the file's (GGUF blocks included;
+  // synthetic: bf16).
   std::optional<DType> matrix_dtype;
   BackendOptions backend;
   uint64_t synthetic_seed = 0;
@@ -54,9 +55,17 @@ struct EngineOptions {
 absl::Status CheckTokenIds(absl::Span<const int32_t> tokens, int64_t vocab_size,
                            absl::string_view what);
 
-// The --dtype flag of the binaries: "auto" (nullopt: as stored; bf16 for
-// synthetic), "f32" or "bf16"; InvalidArgument naming --dtype otherwise.
+// The --dtype flag of the binaries: "auto" (nullopt: as stored: a GGUF
+// file's Q4_0/Q4_1/Q8_0 blocks are computed on directly, bit-identical to
+// f32; other GGUF types become f32; bf16 stays bf16; synthetic: bf16),
+// "f32" or "bf16"; InvalidArgument naming --dtype otherwise.
 absl::StatusOr<std::optional<DType>> ParseMatrixDType(const std::string& name);
+inline constexpr char kDTypeFlagHelp[] =
+    "Weight representation of the matrices: auto (as stored: GGUF "
+    "Q4_0/Q4_1/Q8_0 blocks are computed on directly, to the same bits as "
+    "f32, at the file's size; other GGUF types f32; bf16 stays bf16; "
+    "synthetic bf16), f32 (dequantized or widened: 4 bytes per weight) or "
+    "bf16 (rounded: 2 bytes per weight, not bit-identical)";
 
 enum class FinishReason : uint8_t {
   kLength,      // max_new_tokens reached.

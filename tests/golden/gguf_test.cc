@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -283,6 +284,61 @@ TEST_F(GgufGoldenTest, ChatAnswerNamesParis) {
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_NE(result->text.find("Paris"), std::string::npos) << result->text;
   EXPECT_EQ(result->finish_reason, FinishReason::kEos) << result->text;
+}
+
+// The default representation (--dtype auto) keeps the file's Q4_1 and Q8_0
+// blocks and computes on them: every logit of every golden prompt is the
+// f32 engine's bit for bit (the comparison above then covers it too), at
+// the file's size rather than 4 bytes per weight, and greedy continuations
+// are transformers'.
+TEST_F(GgufGoldenTest, QuantBlocksGiveTheF32Bits) {
+  Engine* f32 = GetEngine();
+  ASSERT_NE(f32, nullptr);
+  EngineOptions options;
+  options.model = path_;
+  options.backend.num_threads = 2;
+  options.backend.kv_cache_tokens = 512;
+  absl::StatusOr<std::unique_ptr<Engine>> blocks = Engine::Create(options);
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  const ModelWeights& weights = (*blocks)->weights();
+  EXPECT_EQ(weights.matrix_dtype, DType::kQ4_1);
+  EXPECT_EQ(weights.embed_tokens.dtype, DType::kQ8_0);
+  size_t matrix_bytes = weights.embed_tokens.nbytes();
+  for (const LayerWeights& layer : weights.layers) {
+    for (const Tensor* m :
+         {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj,
+          &layer.gate_proj, &layer.up_proj, &layer.down_proj}) {
+      EXPECT_EQ(m->dtype, DType::kQ4_1);
+      matrix_bytes += m->nbytes();
+    }
+  }
+  // Q4_1 with f32 scales is 24 bytes per 32 weights against the file's 20.
+  const double file_bytes = (*golden_)["gguf_size"].get<double>();
+  EXPECT_LT(matrix_bytes, 1.25 * file_bytes);
+  for (const json& prompt : (*golden_)["prompts"]) {
+    const std::vector<int32_t> ids = Ids(prompt["ids"]);
+    absl::StatusOr<std::vector<float>> expected = f32->PromptLogits(ids);
+    absl::StatusOr<std::vector<float>> got = (*blocks)->PromptLogits(ids);
+    ASSERT_TRUE(expected.ok() && got.ok());
+    ASSERT_EQ(got->size(), expected->size());
+    EXPECT_EQ(
+        std::memcmp(got->data(), expected->data(), got->size() * sizeof(float)),
+        0)
+        << prompt["text"].get<std::string>();
+    // The greedy continuation is transformers' (as the f32 engine's is,
+    // GreedyMatchesTransformersGenerate).
+    GenerationRequest request;
+    request.prompt_tokens = ids;
+    request.max_new_tokens = prompt["max_new_tokens"].get<int64_t>();
+    absl::StatusOr<GenerationResult> result = (*blocks)->Generate(request);
+    ASSERT_TRUE(result.ok()) << result.status();
+    std::vector<int32_t> tokens = result->tokens;
+    if (result->finish_reason == FinishReason::kEos) {
+      tokens.push_back((*golden_)["eos_token_id"].get<int32_t>());
+    }
+    EXPECT_EQ(tokens, Ids(prompt["greedy_ids"]))
+        << prompt["text"].get<std::string>();
+  }
 }
 
 }  // namespace

@@ -18,8 +18,10 @@
 #include "absl/types/span.h"
 #include "engine/backend/backend.h"
 #include "engine/backend/registry.h"
+#include "engine/backends/cpu/matmul.h"
 #include "engine/model/dequantize.h"
 #include "engine/model/gguf.h"
+#include "engine/model/quant_blocks.h"
 #include "engine/model/weights.h"
 #include "engine/runtime/kv_cache.h"
 #include "engine/util/check.h"
@@ -227,11 +229,35 @@ TEST(GgufWeightsTest, Qwen2KeepsRowOrderAndLoadsBiases) {
   EXPECT_NE((*weights)->lm_head.data, (*weights)->embed_tokens.data);
 }
 
-TEST(GgufWeightsTest, DequantizesQuantizedMatricesAndConvertsOnRequest) {
+TEST(GgufWeightsTest, KeepsQuantBlocksAndConvertsOnRequest) {
   TinyModel model;
   model.matrix_type = GgufType::kQ8_0;
   const std::string path = WriteTinyModel(model, "tiny_q8.gguf");
+  // By default the Q8_0 blocks are kept, their values exactly the f32
+  // dequantization, Q rows de-interleaved like whole rows.
   absl::StatusOr<std::unique_ptr<ModelWeights>> weights = LoadGgufWeights(path);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  EXPECT_EQ((*weights)->matrix_dtype, DType::kQ8_0);
+  EXPECT_EQ((*weights)->embed_tokens.dtype, DType::kQ8_0);
+  EXPECT_EQ((*weights)->layers[0].input_layernorm.dtype, DType::kF32);
+  for (const auto& [tensor, values] :
+       {std::pair{&(*weights)->layers[0].q_proj, &model.q0},
+        std::pair{&(*weights)->layers[0].v_proj, &model.v0}}) {
+    ASSERT_EQ(tensor->dtype, DType::kQ8_0);
+    ASSERT_EQ(tensor->nbytes(),
+              static_cast<size_t>(tensor->numel() / 32 * sizeof(BlockQ8_0)));
+    std::vector<float> row(static_cast<size_t>(tensor->cols()));
+    for (int64_t r = 0; r < tensor->rows(); ++r) {
+      cpu::WeightRow(*tensor, r, row.data());
+      for (int64_t c = 0; c < tensor->cols(); ++c) {
+        ASSERT_EQ(row[c],
+                  std::lround((*values)[r * tensor->cols() + c] * 64) / 64.0f)
+            << r << "," << c;
+      }
+    }
+  }
+
+  weights = LoadGgufWeights(path, LoadOptions{DType::kF32});
   ASSERT_TRUE(weights.ok()) << weights.status();
   EXPECT_EQ((*weights)->matrix_dtype, DType::kF32);
   const std::vector<float> v = AsFloats((*weights)->layers[0].v_proj);
@@ -257,9 +283,12 @@ TEST(GgufWeightsTest, DequantizesQuantizedMatricesAndConvertsOnRequest) {
   }
   EXPECT_EQ((*weights)->layers[0].input_layernorm.dtype, DType::kF32);
 
-  absl::StatusOr<std::unique_ptr<ModelWeights>> f16 =
-      LoadGgufWeights(path, LoadOptions{DType::kF16});
-  EXPECT_FALSE(f16.ok());
+  for (DType refused : {DType::kF16, DType::kQ4_1}) {
+    absl::StatusOr<std::unique_ptr<ModelWeights>> loaded =
+        LoadGgufWeights(path, LoadOptions{refused});
+    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument)
+        << DTypeName(refused);
+  }
 }
 
 TEST(GgufWeightsTest, Bf16FilesStayBf16ByDefault) {

@@ -42,6 +42,10 @@ float At(const Tensor& tensor, size_t i) {
       return Bf16ToF32(static_cast<const uint16_t*>(tensor.data)[i]);
     case DType::kF16:
       return F16ToF32(static_cast<const uint16_t*>(tensor.data)[i]);
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ8_0:
+      ADD_FAILURE() << "safetensors never load as " << DTypeName(tensor.dtype);
   }
   return 0;
 }

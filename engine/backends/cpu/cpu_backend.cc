@@ -103,16 +103,7 @@ void AddBias(float* rows /*[n, dim]*/, int64_t n,
 
 void CopyEmbedding(const Tensor& table /*[V, H]*/, int32_t token,
                    float* out /*[H]*/) {
-  const int64_t hidden = table.cols();
-  if (table.dtype == DType::kF32) {
-    std::memcpy(out, table.f32() + token * hidden, hidden * sizeof(float));
-    return;
-  }
-  LS_CHECK(table.dtype == DType::kBF16)
-      << "embedding dtype " << DTypeName(table.dtype);
-  const uint16_t* row =
-      static_cast<const uint16_t*>(table.data) + token * hidden;
-  for (int64_t i = 0; i < hidden; ++i) out[i] = Bf16ToF32(row[i]);
+  cpu::WeightRow(table, token, out);
 }
 
 class CpuBackend final : public Backend {

@@ -11,16 +11,23 @@ namespace litestage::cpu {
 
 // y[i, j] = sum_k x[i, k] * w[j, k] with fp32 accumulation.
 //   x: [m, k] f32 row-major, k = w.cols().
-//   w: [n, k] F32 or BF16 (a linear layer's [out, in] weight), n = w.rows().
+//   w: [n, k] F32, BF16, Q4_0, Q4_1 or Q8_0 (a linear layer's [out, in]
+//      weight), n = w.rows(); a block type's k is a multiple of 32.
 //   y: [m, n] f32 row-major; must not overlap x or w.
 // Any m >= 0, k >= 1, n >= 1; pointers need no particular alignment. BF16
-// weights are widened exactly, so the result matches F32 weights holding the
-// same values up to summation order. A row's result does not depend on m or
-// on the other rows (k is summed in fixed blocks, matmul_tiles.h), so a token
-// computes to the same bits in any batch or chunk. Parallelised over n on
-// `pool`; uses the kernel of ActiveIsa().
+// weights are widened exactly and quant blocks decoded exactly in registers,
+// in the f32 kernel's summation order: the result is bit-identical to F32
+// weights holding the same values (the quantized model computes what its
+// f32 dequantization does, at a fifth of the memory traffic). A row's result
+// does not depend on m or on the other rows (k is summed in fixed blocks,
+// matmul_tiles.h), so a token computes to the same bits in any batch or chunk.
+// Parallelised over n on `pool`; uses the kernel of ActiveIsa().
 void MatMul(const float* x, int64_t m, const Tensor& w, float* y,
             ThreadPool& pool);
+
+// Row `row` of a weight MatMul takes, as exact f32 (out: [w.cols()]); the
+// embedding lookup of a quantized table.
+void WeightRow(const Tensor& w, int64_t row, float* out);
 
 // The obvious triple loop with double accumulation (rounded to f32 at the
 // end): the accuracy reference for tests and the scalar peer for benchmarks.
