@@ -6,7 +6,9 @@
 #     gguf_file=name, dtype=float32): dequantized to f32 at load, as
 #     litestage does by default);
 #   * llama.cpp through llama-cpp-python (computes on the Q4_1 blocks).
-# litestage runs twice: as loaded (f32) and with --dtype bf16.
+# litestage runs three times: as loaded (--dtype auto: computing on the
+# file's Q4_1/Q8_0 blocks), with --dtype f32 and with --dtype bf16. Resident
+# memory after load is reported for every peer.
 # Prints a table and ratios (ours / peer) and writes
 # bench/results/<date>-gguf-smollm2-cpu.md (+ .json with every sample).
 #
@@ -91,7 +93,14 @@ if [ -z "${BENCH_LLAMACPP_PYTHON:-}" ] && ! has_llamacpp "$llama_python"; then
   echo "== creating .venv-llamacpp (llama-cpp-python; compiles llama.cpp, once) =="
   python3 -m venv "$root/.venv-llamacpp"
   "$root/.venv-llamacpp/bin/pip" install --quiet --upgrade pip
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DGGML_OPENMP=OFF}" \
+  # Every x86 extension this CPU class has except AMX: -march=native turns
+  # on llama.cpp's AMX backend, whose decode crashes (SIGSEGV in
+  # llama_decode) on these sandboxed Sapphire Rapids machines; litestage
+  # does not use AMX either.
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+-DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
+-DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+-DGGML_AMX_BF16=OFF -DGGML_OPENMP=OFF}" \
     "$root/.venv-llamacpp/bin/pip" install --quiet llama-cpp-python==0.3.36
 fi
 has_llamacpp "$llama_python" || die "$llama_python lacks llama_cpp"
@@ -120,7 +129,8 @@ print("  litestage %s: prefill %8.1f tok/s  decode %7.1f tok/s" % (
 }
 
 rm -f "$work"/litestage-*.json
-run_litestage f32
+run_litestage q4_1
+run_litestage f32 --dtype f32
 run_litestage bf16 --dtype bf16
 
 # The prompt ids litestage used, for the peers.
@@ -146,6 +156,7 @@ for var in BENCH_THREADS BENCH_GGUF_REPS BENCH_GGUF_NEW_TOKENS BENCH_BIN_DIR BEN
 done
 echo "== report =="
 python3 bench/gguf_peers.py report --gguf "$gguf" \
+  --litestage-q4-1 "$work"/litestage-q4_1-*.json \
   --litestage-f32 "$work"/litestage-f32-*.json \
   --litestage-bf16 "$work"/litestage-bf16-*.json \
   --transformers "$work/transformers.json" --llamacpp "$work/llamacpp.json" \

@@ -145,6 +145,7 @@ def run_measure(args):
     measure = {"transformers": measure_transformers,
                "llamacpp": measure_llamacpp}[args.peer]
     load_seconds, one_run, versions, extra = measure(args, prompt_ids)
+    resident_after_load = resident_bytes()
 
     one_run()  # Warm-up: allocator, thread pools, first-call paths.
     prefill_tps, decode_tps, generated = [], [], None
@@ -163,6 +164,7 @@ def run_measure(args):
         "prompt_tokens": len(prompt_ids),
         "new_tokens": args.new_tokens,
         "load_seconds": load_seconds,
+        "resident_bytes_after_load": resident_after_load,
         "prefill_tokens_per_second": summarize(prefill_tps),
         "decode_tokens_per_second": summarize(decode_tps),
         "generated_token_ids": generated,
@@ -171,6 +173,18 @@ def run_measure(args):
     }
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
+
+
+def resident_bytes():
+    """VmRSS of this process in bytes (None without /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def litestage_row(paths, label):
@@ -190,6 +204,7 @@ def litestage_row(paths, label):
         "prompt_tokens": len(runs[0]["prompt_token_ids"]),
         "new_tokens": len(runs[0]["generated_token_ids"]),
         "generated_token_ids": runs[0]["generated_token_ids"],
+        "resident_bytes_after_load": runs[0].get("resident_bytes_after_load"),
         "model": runs[0].get("model", ""),
         "backend": runs[0].get("backend", ""),
     }
@@ -222,7 +237,8 @@ def run_report(args):
         hf = json.load(f)
     with open(args.llamacpp) as f:
         llama = json.load(f)
-    ours = [litestage_row(args.litestage_f32, "litestage f32"),
+    ours = [litestage_row(args.litestage_q4_1, "litestage Q4_1"),
+            litestage_row(args.litestage_f32, "litestage f32"),
             litestage_row(args.litestage_bf16, "litestage bf16")]
     peers = [dict(hf, name="transformers f32"),
              dict(llama, name="llama.cpp Q4_1")]
@@ -270,7 +286,9 @@ def run_report(args):
         f"its prefill includes the first forward pass of a fresh process; the "
         f"peers load once, warm up once, then time {hf['reps']} runs in-process.")
     out("")
-    out("litestage f32: the GGUF as loaded (Q4_1 dequantized to f32); litestage "
+    out("litestage Q4_1: the GGUF as loaded (`--dtype auto`: the kernels "
+        "compute on the Q4_1/Q8_0 blocks, bit-identical to f32); litestage f32: "
+        "`--dtype f32` (dequantized to f32); litestage "
         "bf16: `--dtype bf16` (dequantized to bf16); transformers f32: "
         "`from_pretrained(dir, gguf_file=..., dtype=torch.float32)` "
         "(dequantized to f32); llama.cpp Q4_1: llama-cpp-python on the "
@@ -279,13 +297,16 @@ def run_report(args):
     out("Tokens/s, median of the runs (best run in brackets; on a shared "
         "machine the best run is the one least disturbed by other load):")
     out("")
-    out("| peer | prefill tok/s | decode tok/s |")
-    out("|---|---:|---:|")
+    out("| peer | prefill tok/s | decode tok/s | resident after load |")
+    out("|---|---:|---:|---:|")
     for row in ours + peers:
+        rss = row.get("resident_bytes_after_load")
+        rss_text = (f"{rss / 1e6:.0f} MB ({rss / gguf_bytes:.2f}x file)"
+                    if rss else "n/a")
         out(f"| {row['name']} | {med(row, 'prefill_tokens_per_second'):.1f} "
             f"({best(row, 'prefill_tokens_per_second'):.1f}) | "
             f"{med(row, 'decode_tokens_per_second'):.1f} "
-            f"({best(row, 'decode_tokens_per_second'):.1f}) |")
+            f"({best(row, 'decode_tokens_per_second'):.1f}) | {rss_text} |")
     out("")
     out("Ratios (ours / peer, > 1 means litestage is faster), of the medians "
         "and (in brackets) of the best runs:")
@@ -313,24 +334,24 @@ def run_report(args):
         out("Weight bytes read per decode token (all layer matrices plus the tied "
             "lm_head; about the parameter count):")
         out("")
+        out(f"* litestage Q4_1: about {parameters * 24 / 32 / 1e6:.0f} MB (the "
+            f"file's blocks with f32 scales: 24 bytes per 32 weights)")
         out(f"* litestage f32 / transformers f32: {4 * parameters / 1e6:.0f} MB "
             f"(4 bytes per weight)")
         out(f"* litestage bf16: {2 * parameters / 1e6:.0f} MB (2 bytes per weight)")
         out(f"* llama.cpp Q4_1: about {gguf_bytes / 1e6:.0f} MB (the file; Q4_1 is "
             f"20 bytes per 32 weights, 0.625 bytes per weight)")
         out("")
-    out("litestage dequantizes the Q4_1 blocks to f32 when it loads a GGUF (or to "
-        f"bf16 with `--dtype bf16`), so each decode token streams about "
-        f"{4 * parameters / gguf_bytes:.1f}x (f32) or {2 * parameters / gguf_bytes:.1f}x "
-        "(bf16) the weight bytes llama.cpp reads, which computes on the "
-        "quantized blocks directly. Batch-1 decode is bound by those bytes, so "
-        "llama.cpp being faster at decode is the expected result until litestage "
-        "has quantized matmul kernels; prefill is compute-bound and compares "
-        "the matmul kernels more directly. transformers dequantizes to f32 as "
-        "well, so it is the like-for-like peer of the f32 row.")
+    out("Resident memory after load includes the binary, the KV cache and "
+        "buffers besides the weights. Batch-1 decode is bound by the weight "
+        "bytes (and, on the block types, by decoding them), so it compares "
+        "the quantized kernels; prefill is compute-bound and compares the "
+        "matmul micro-kernels. transformers dequantizes to f32, so it is the "
+        "like-for-like peer of the f32 rows (the Q4_1 row computes the same "
+        "bits).")
     out("")
     reference = ours[0]["generated_token_ids"]
-    out(f"Greedy tokens agreeing with litestage f32 (common prefix of "
+    out(f"Greedy tokens agreeing with litestage Q4_1 (common prefix of "
         f"{len(reference)}): " + ", ".join(
             f"{row['name']} {common_prefix(reference, row['generated_token_ids'])}"
             for row in ours[1:] + peers) + ".")
@@ -369,6 +390,7 @@ def main():
     measure.add_argument("--out", required=True)
     report = sub.add_parser("report", help="table, ratios and bench/results/ files")
     report.add_argument("--gguf", required=True)
+    report.add_argument("--litestage-q4-1", nargs="+", required=True)
     report.add_argument("--litestage-f32", nargs="+", required=True)
     report.add_argument("--litestage-bf16", nargs="+", required=True)
     report.add_argument("--transformers", required=True)

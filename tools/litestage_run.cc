@@ -36,6 +36,7 @@
 #include "engine/stages/profile.h"
 #include "engine/stages/session.h"
 #include "engine/util/flags.h"
+#include "engine/util/process_memory.h"
 #include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -299,6 +300,9 @@ absl::Status Run() {
   auto engine_or = Engine::Create(options);
   if (!engine_or.ok()) return engine_or.status();
   Engine& engine = **engine_or;
+  // The loaded model's footprint (weights, KV cache, buffers) before any
+  // request; the peak below also counts the load's transient pages.
+  const std::optional<int64_t> resident_after_load = ResidentBytes();
 
   const bool chat = absl::GetFlag(FLAGS_chat);
   auto tokens = chat ? engine.EncodeChat(prompt) : engine.EncodePrompt(prompt);
@@ -345,6 +349,12 @@ absl::Status Run() {
     out["decode_seconds"] = result->decode_seconds;
     out["prefill_tokens_per_second"] = prefill_tps;
     out["decode_tokens_per_second"] = decode_tps;
+    if (resident_after_load) {
+      out["resident_bytes_after_load"] = *resident_after_load;
+    }
+    if (const std::optional<int64_t> peak = PeakResidentBytes()) {
+      out["peak_resident_bytes"] = *peak;
+    }
     nlohmann::json confidences = nlohmann::json::array();
     for (const TokenConfidence& c : result->confidences) {
       confidences.push_back({{"max_prob", c.max_prob},
