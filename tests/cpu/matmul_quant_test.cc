@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <random>
 #include <vector>
 
@@ -188,6 +189,39 @@ TEST(QuantMatMulTest, WeightRowIsTheDequantizedRow) {
                             96 * sizeof(float)),
                 0)
           << DTypeName(type.dtype) << " row " << r << " seed=" << seed;
+    }
+  }
+}
+
+// The group's threads split the union of its weights' columns; every output
+// must still be its own MatMul's bits (mixed dtypes, column counts that do
+// not fill the 16-column units, m on both sides of the panel threshold).
+TEST(MatMulGroupTest, EachOutputIsItsOwnMatMul) {
+  const uint32_t seed = FreshSeed();
+  std::mt19937 rng(seed);
+  ThreadPool two(2);
+  const int64_t k = 1088;
+  QuantWeight q41(kTypes[1], 75, k, rng);
+  QuantWeight q80(kTypes[2], 24, k, rng);
+  QuantWeight q40(kTypes[0], 9, k, rng);
+  for (const int64_t m : {1, 7}) {
+    const std::vector<float> x = RandomX(m, k, rng);
+    const Tensor* weights[] = {&q41.tensor, &q80.f32, &q80.tensor, &q40.tensor};
+    std::vector<std::vector<float>> grouped;
+    grouped.reserve(std::size(weights));
+    std::vector<MatMulOutput> outputs;
+    for (const Tensor* w : weights) {
+      grouped.emplace_back(static_cast<size_t>(m * w->rows()), NAN);
+      outputs.push_back({w, grouped.back().data()});
+    }
+    MatMulGroup(x.data(), m, outputs, two);
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      std::vector<float> alone(grouped[i].size(), NAN);
+      MatMul(x.data(), m, *weights[i], alone.data(), two);
+      ASSERT_EQ(std::memcmp(alone.data(), grouped[i].data(),
+                            alone.size() * sizeof(float)),
+                0)
+          << "output " << i << " m=" << m << " seed=" << seed;
     }
   }
 }

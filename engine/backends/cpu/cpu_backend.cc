@@ -273,9 +273,9 @@ void CpuBackend::Attention(int64_t layer, const LayerWeights& w,
   q_.resize(num_rows * q_dim);
   k_.resize(num_rows * kv_dim);
   v_.resize(num_rows * kv_dim);
-  cpu::MatMul(normed_.data(), num_rows, w.q_proj, q_.data(), pool_);
-  cpu::MatMul(normed_.data(), num_rows, w.k_proj, k_.data(), pool_);
-  cpu::MatMul(normed_.data(), num_rows, w.v_proj, v_.data(), pool_);
+  const cpu::MatMulOutput qkv[] = {
+      {&w.q_proj, q_.data()}, {&w.k_proj, k_.data()}, {&w.v_proj, v_.data()}};
+  cpu::MatMulGroup(normed_.data(), num_rows, qkv, pool_);
   AddBias(q_.data(), num_rows, w.q_bias);
   AddBias(k_.data(), num_rows, w.k_bias);
   AddBias(v_.data(), num_rows, w.v_bias);
@@ -381,8 +381,9 @@ void CpuBackend::Mlp(const LayerWeights& w, const std::vector<int64_t>& rows) {
   }
   gate_.resize(num_rows * intermediate);
   up_.resize(num_rows * intermediate);
-  cpu::MatMul(normed_.data(), num_rows, w.gate_proj, gate_.data(), pool_);
-  cpu::MatMul(normed_.data(), num_rows, w.up_proj, up_.data(), pool_);
+  const cpu::MatMulOutput gate_up[] = {{&w.gate_proj, gate_.data()},
+                                       {&w.up_proj, up_.data()}};
+  cpu::MatMulGroup(normed_.data(), num_rows, gate_up, pool_);
   cpu::SiluMul(gate_.data(), up_.data(), num_rows * intermediate, gate_.data());
   proj_out_.resize(num_rows * hidden);
   cpu::MatMul(gate_.data(), num_rows, w.down_proj, proj_out_.data(), pool_);

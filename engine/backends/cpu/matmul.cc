@@ -141,110 +141,111 @@ void CheckWeight(const Tensor& w) {
       << " columns";
 }
 
-// Splits y's columns over the pool. `columns(n_begin, n_end, panel)`
-// computes y[:, n_begin:n_end]; `panel_floats` > 0 gives each call that
-// much scratch (block weights with m > 1: the dequantized panel).
-template <typename ColumnsFn>
-void Run(int64_t m, int64_t k, int64_t n, size_t panel_floats, ThreadPool& pool,
-         const ColumnsFn& columns) {
-  const auto run = [&](int64_t n_begin, int64_t n_end) {
-    std::unique_ptr<float[]> panel;
-    if (panel_floats > 0) panel = std::make_unique<float[]>(panel_floats);
-    columns(n_begin, n_end, panel.get());
-  };
-  const int64_t units = (n + kColumnUnit - 1) / kColumnUnit;
-  if (pool.num_threads() == 1 || units == 1 || m * n * k < kMinParallelWork) {
-    run(0, n);
-    return;
-  }
-  pool.ParallelFor(units, [&](int64_t begin, int64_t end) {
-    run(begin * kColumnUnit, std::min(end * kColumnUnit, n));
-  });
-}
-
-// The per-ISA entry points of one weight type.
-template <typename WT>
-struct IsaColumns {
-  using Fn = void (*)(const float*, int64_t, int64_t, const WT*, int64_t,
-                      int64_t, int64_t, float*, float*);
-  Fn scalar;
-  Fn avx2;
-  Fn avx512;
-};
-
-template <typename WT>
-void RunBlocks(const IsaColumns<WT>& table, const float* x, int64_t m,
-               int64_t k, const Tensor& w, float* y, ThreadPool& pool) {
+// y[:, n_begin:n_end] = x * w[n_begin:n_end, :]^T with the kernel of the
+// active ISA for w's dtype. `panel`: for block types with m > 1, null or
+// internal::kMaxPanelRows * k floats of scratch.
+void Columns(const float* x, int64_t m, const Tensor& w, float* y,
+             int64_t n_begin, int64_t n_end, float* panel) {
+  using namespace internal;  // NOLINT: the per-ISA entry points.
   const Isa isa = ActiveIsa();
-  typename IsaColumns<WT>::Fn fn = table.scalar;
-  if (isa == Isa::kAvx512) fn = table.avx512;
-  if (isa == Isa::kAvx2) fn = table.avx2;
-  const auto* blocks = static_cast<const WT*>(w.data);
   const int64_t n = w.rows();
-  // A single micro-tile of rows decodes in registers; more rows share a
-  // dequantized panel (MatMulColumns).
-  const size_t panel =
-      m > 1 ? static_cast<size_t>(internal::kMaxPanelRows * k) : 0;
-  Run(m, k, n, panel, pool, [&](int64_t n_begin, int64_t n_end, float* p) {
-    fn(x, m, k, blocks, n, n_begin, n_end, y, p);
-  });
+  const int64_t k = w.cols();
+  // Picks the entry point of `isa` from its three variants.
+  const auto pick = [isa](auto scalar, auto avx2, auto avx512) {
+    if (isa == Isa::kAvx512) return avx512;
+    if (isa == Isa::kAvx2) return avx2;
+    return scalar;
+  };
+  switch (w.dtype) {
+    case DType::kF32:
+      pick(MatMulColumnsF32Scalar, MatMulColumnsF32Avx2,
+           MatMulColumnsF32Avx512)(x, m, k, w.f32(), n, n_begin, n_end, y);
+      return;
+    case DType::kBF16:
+      pick(MatMulColumnsBf16Scalar, MatMulColumnsBf16Avx2,
+           MatMulColumnsBf16Avx512)(
+          x, m, k, static_cast<const uint16_t*>(w.data), n, n_begin, n_end, y);
+      return;
+    case DType::kQ4_0:
+      pick(MatMulColumnsQ4_0Scalar, MatMulColumnsQ4_0Avx2,
+           MatMulColumnsQ4_0Avx512)(x, m, k,
+                                    static_cast<const BlockQ4_0*>(w.data), n,
+                                    n_begin, n_end, y, panel);
+      return;
+    case DType::kQ4_1:
+      pick(MatMulColumnsQ4_1Scalar, MatMulColumnsQ4_1Avx2,
+           MatMulColumnsQ4_1Avx512)(x, m, k,
+                                    static_cast<const BlockQ4_1*>(w.data), n,
+                                    n_begin, n_end, y, panel);
+      return;
+    case DType::kQ8_0:
+      pick(MatMulColumnsQ8_0Scalar, MatMulColumnsQ8_0Avx2,
+           MatMulColumnsQ8_0Avx512)(x, m, k,
+                                    static_cast<const BlockQ8_0*>(w.data), n,
+                                    n_begin, n_end, y, panel);
+      return;
+    case DType::kF16:
+      break;
+  }
+  LS_CHECK(false) << "unreachable: " << DTypeName(w.dtype);
 }
 
 }  // namespace
 
 void MatMul(const float* x, int64_t m, const Tensor& w, float* y,
             ThreadPool& pool) {
-  CheckWeight(w);
-  const int64_t n = w.rows();
-  const int64_t k = w.cols();
-  if (m <= 0 || n <= 0) return;
+  const MatMulOutput output{&w, y};
+  MatMulGroup(x, m, absl::MakeConstSpan(&output, 1), pool);
+}
+
+void MatMulGroup(const float* x, int64_t m,
+                 absl::Span<const MatMulOutput> outputs, ThreadPool& pool) {
+  LS_CHECK(!outputs.empty());
+  const int64_t k = outputs[0].w->cols();
+  // The group's columns in units of kColumnUnit, weight after weight.
+  int64_t units = 0;
+  int64_t work = 0;
+  bool blocks = false;
+  for (const MatMulOutput& out : outputs) {
+    CheckWeight(*out.w);
+    LS_CHECK(out.w->cols() == k) << "MatMulGroup weights must share x";
+    units += (out.w->rows() + kColumnUnit - 1) / kColumnUnit;
+    work += m * out.w->rows() * k;
+    blocks = blocks || IsBlockQuantized(out.w->dtype);
+  }
+  if (m <= 0 || units == 0) return;
   if (k == 0) {
-    std::fill(y, y + m * n, 0.0f);
+    for (const MatMulOutput& out : outputs) {
+      std::fill(out.y, out.y + m * out.w->rows(), 0.0f);
+    }
     return;
   }
-  const Isa isa = ActiveIsa();
-  switch (w.dtype) {
-    case DType::kF32: {
-      auto columns = internal::MatMulColumnsF32Scalar;
-      if (isa == Isa::kAvx512) columns = internal::MatMulColumnsF32Avx512;
-      if (isa == Isa::kAvx2) columns = internal::MatMulColumnsF32Avx2;
-      Run(m, k, n, 0, pool, [&](int64_t n_begin, int64_t n_end, float*) {
-        columns(x, m, k, w.f32(), n, n_begin, n_end, y);
-      });
-      return;
+  // Units [begin, end) of the group: each weight's share, with a panel for
+  // block weights when m > 1 (more rows than one micro-tile share it).
+  const auto run = [&](int64_t begin, int64_t end) {
+    std::unique_ptr<float[]> panel;
+    if (blocks && m > 1) {
+      panel = std::make_unique<float[]>(
+          static_cast<size_t>(internal::kMaxPanelRows * k));
     }
-    case DType::kBF16: {
-      auto columns = internal::MatMulColumnsBf16Scalar;
-      if (isa == Isa::kAvx512) columns = internal::MatMulColumnsBf16Avx512;
-      if (isa == Isa::kAvx2) columns = internal::MatMulColumnsBf16Avx2;
-      const auto* bits = static_cast<const uint16_t*>(w.data);
-      Run(m, k, n, 0, pool, [&](int64_t n_begin, int64_t n_end, float*) {
-        columns(x, m, k, bits, n, n_begin, n_end, y);
-      });
-      return;
+    int64_t first = 0;  // The weight's first unit in the group.
+    for (const MatMulOutput& out : outputs) {
+      const int64_t n = out.w->rows();
+      const int64_t count = (n + kColumnUnit - 1) / kColumnUnit;
+      const int64_t lo = std::max(begin, first) - first;
+      const int64_t hi = std::min(end, first + count) - first;
+      if (lo < hi) {
+        Columns(x, m, *out.w, out.y, lo * kColumnUnit,
+                std::min(hi * kColumnUnit, n), panel.get());
+      }
+      first += count;
     }
-    case DType::kQ4_0:
-      RunBlocks<BlockQ4_0>(
-          {internal::MatMulColumnsQ4_0Scalar, internal::MatMulColumnsQ4_0Avx2,
-           internal::MatMulColumnsQ4_0Avx512},
-          x, m, k, w, y, pool);
-      return;
-    case DType::kQ4_1:
-      RunBlocks<BlockQ4_1>(
-          {internal::MatMulColumnsQ4_1Scalar, internal::MatMulColumnsQ4_1Avx2,
-           internal::MatMulColumnsQ4_1Avx512},
-          x, m, k, w, y, pool);
-      return;
-    case DType::kQ8_0:
-      RunBlocks<BlockQ8_0>(
-          {internal::MatMulColumnsQ8_0Scalar, internal::MatMulColumnsQ8_0Avx2,
-           internal::MatMulColumnsQ8_0Avx512},
-          x, m, k, w, y, pool);
-      return;
-    case DType::kF16:
-      break;
+  };
+  if (pool.num_threads() == 1 || units == 1 || work < kMinParallelWork) {
+    run(0, units);
+    return;
   }
-  LS_CHECK(false) << "unreachable: " << DTypeName(w.dtype);
+  pool.ParallelFor(units, run);
 }
 
 void WeightRow(const Tensor& w, int64_t row, float* out) {

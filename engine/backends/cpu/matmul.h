@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "absl/types/span.h"
 #include "engine/backends/cpu/thread_pool.h"
 #include "engine/model/tensor.h"
 
@@ -24,6 +25,19 @@ namespace litestage::cpu {
 // Parallelised over n on `pool`; uses the kernel of ActiveIsa().
 void MatMul(const float* x, int64_t m, const Tensor& w, float* y,
             ThreadPool& pool);
+
+// One weight of a MatMulGroup and where its product goes.
+struct MatMulOutput {
+  const Tensor* w;  // [n_i, k], any dtype MatMul takes.
+  float* y;         // [m, n_i] f32.
+};
+
+// MatMul of one x against several weights sharing k (q/k/v, gate/up) in
+// one parallel pass: the threads split the union of the weights' columns,
+// so the step pays one fork/join instead of one per weight. Each y is
+// bit-identical to its own MatMul.
+void MatMulGroup(const float* x, int64_t m,
+                 absl::Span<const MatMulOutput> outputs, ThreadPool& pool);
 
 // Row `row` of a weight MatMul takes, as exact f32 (out: [w.cols()]); the
 // embedding lookup of a quantized table.
