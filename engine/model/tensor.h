@@ -18,7 +18,7 @@ namespace litestage {
 enum class DType : uint8_t { kF32, kF16, kBF16, kQ4_0, kQ4_1, kQ8_0 };
 
 // Elements per storage block: 1 for the plain types, 32 for the block types.
-inline int64_t DTypeBlockElements(DType dtype) {
+constexpr int64_t DTypeBlockElements(DType dtype) {
   switch (dtype) {
     case DType::kF32:
     case DType::kF16:
@@ -33,7 +33,7 @@ inline int64_t DTypeBlockElements(DType dtype) {
 }
 
 // Bytes per storage block (per element for the plain types).
-inline size_t DTypeBlockBytes(DType dtype) {
+constexpr size_t DTypeBlockBytes(DType dtype) {
   switch (dtype) {
     case DType::kF32:
       return 4;
@@ -50,7 +50,7 @@ inline size_t DTypeBlockBytes(DType dtype) {
   return 0;
 }
 
-inline bool IsBlockQuantized(DType dtype) {
+constexpr bool IsBlockQuantized(DType dtype) {
   return DTypeBlockElements(dtype) > 1;
 }
 

@@ -125,6 +125,12 @@ void MatMulColumnsQ8_0Scalar(const float* x, int64_t m, int64_t k,
 
 namespace {
 
+// The kernels cast Tensor::data of a block dtype to these structs.
+static_assert(DTypeBlockBytes(DType::kQ4_0) == sizeof(BlockQ4_0));
+static_assert(DTypeBlockBytes(DType::kQ4_1) == sizeof(BlockQ4_1));
+static_assert(DTypeBlockBytes(DType::kQ8_0) == sizeof(BlockQ8_0));
+static_assert(DTypeBlockElements(DType::kQ4_1) == kQuantBlockElements);
+
 // Threads split n in units of 16 columns so that (for n a multiple of 16)
 // no two threads write the same 64-byte line of y.
 constexpr int64_t kColumnUnit = 16;
@@ -146,7 +152,6 @@ void CheckWeight(const Tensor& w) {
 // internal::kMaxPanelRows * k floats of scratch.
 void Columns(const float* x, int64_t m, const Tensor& w, float* y,
              int64_t n_begin, int64_t n_end, float* panel) {
-  using namespace internal;  // NOLINT: the per-ISA entry points.
   const Isa isa = ActiveIsa();
   const int64_t n = w.rows();
   const int64_t k = w.cols();
@@ -158,31 +163,32 @@ void Columns(const float* x, int64_t m, const Tensor& w, float* y,
   };
   switch (w.dtype) {
     case DType::kF32:
-      pick(MatMulColumnsF32Scalar, MatMulColumnsF32Avx2,
-           MatMulColumnsF32Avx512)(x, m, k, w.f32(), n, n_begin, n_end, y);
+      pick(internal::MatMulColumnsF32Scalar, internal::MatMulColumnsF32Avx2,
+           internal::MatMulColumnsF32Avx512)(x, m, k, w.f32(), n, n_begin,
+                                             n_end, y);
       return;
     case DType::kBF16:
-      pick(MatMulColumnsBf16Scalar, MatMulColumnsBf16Avx2,
-           MatMulColumnsBf16Avx512)(
+      pick(internal::MatMulColumnsBf16Scalar, internal::MatMulColumnsBf16Avx2,
+           internal::MatMulColumnsBf16Avx512)(
           x, m, k, static_cast<const uint16_t*>(w.data), n, n_begin, n_end, y);
       return;
     case DType::kQ4_0:
-      pick(MatMulColumnsQ4_0Scalar, MatMulColumnsQ4_0Avx2,
-           MatMulColumnsQ4_0Avx512)(x, m, k,
-                                    static_cast<const BlockQ4_0*>(w.data), n,
-                                    n_begin, n_end, y, panel);
+      pick(internal::MatMulColumnsQ4_0Scalar, internal::MatMulColumnsQ4_0Avx2,
+           internal::MatMulColumnsQ4_0Avx512)(
+          x, m, k, static_cast<const BlockQ4_0*>(w.data), n, n_begin, n_end, y,
+          panel);
       return;
     case DType::kQ4_1:
-      pick(MatMulColumnsQ4_1Scalar, MatMulColumnsQ4_1Avx2,
-           MatMulColumnsQ4_1Avx512)(x, m, k,
-                                    static_cast<const BlockQ4_1*>(w.data), n,
-                                    n_begin, n_end, y, panel);
+      pick(internal::MatMulColumnsQ4_1Scalar, internal::MatMulColumnsQ4_1Avx2,
+           internal::MatMulColumnsQ4_1Avx512)(
+          x, m, k, static_cast<const BlockQ4_1*>(w.data), n, n_begin, n_end, y,
+          panel);
       return;
     case DType::kQ8_0:
-      pick(MatMulColumnsQ8_0Scalar, MatMulColumnsQ8_0Avx2,
-           MatMulColumnsQ8_0Avx512)(x, m, k,
-                                    static_cast<const BlockQ8_0*>(w.data), n,
-                                    n_begin, n_end, y, panel);
+      pick(internal::MatMulColumnsQ8_0Scalar, internal::MatMulColumnsQ8_0Avx2,
+           internal::MatMulColumnsQ8_0Avx512)(
+          x, m, k, static_cast<const BlockQ8_0*>(w.data), n, n_begin, n_end, y,
+          panel);
       return;
     case DType::kF16:
       break;
