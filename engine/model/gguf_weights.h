@@ -30,9 +30,9 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& file);
 // matrices stay in their blocks (DType kQ4_0/kQ4_1/kQ8_0; the matmul's
 // results are bit-identical to their exact f32 dequantization, which is
 // what transformers' GGUF loading computes with), bf16 stays bf16, and every
-// other type is dequantized exactly to f32. Vectors are f32. For "llama" files the rows
-// of Q and K, which llama.cpp's converter interleaves per head, are put back
-// in Hugging Face (rotate_half) order.
+// other type is dequantized exactly to f32. Vectors are f32. For "llama" files
+// the rows of Q and K, which llama.cpp's converter interleaves per head, are
+// put back in Hugging Face (rotate_half) order.
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGgufWeights(
     const std::string& path, const LoadOptions& options = {});
 

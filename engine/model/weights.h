@@ -49,14 +49,14 @@ struct ModelWeights {
   ModelConfig config;
   Tensor embed_tokens;  // [V, H]
   std::vector<LayerWeights> layers;
-  Tensor norm;                       // [H] f32
-  Tensor lm_head;                    // [V, H]; aliases embed_tokens when tied.
+  Tensor norm;     // [H] f32
+  Tensor lm_head;  // [V, H]; aliases embed_tokens when tied.
   // dtype of the layers' matrices. The embedding / LM head can differ when
   // a GGUF file's blocks are kept (SmolLM2's Q4_1 files store it as Q8_0).
   DType matrix_dtype = DType::kF32;
-  bool synthetic = false;            // Seeded random weights, not a real model.
-  std::string source;                // Directory or "synthetic:<preset>".
-  uint64_t synthetic_seed = 0;       // Seed of synthetic weights.
+  bool synthetic = false;       // Seeded random weights, not a real model.
+  std::string source;           // Directory or "synthetic:<preset>".
+  uint64_t synthetic_seed = 0;  // Seed of synthetic weights.
   std::vector<SourceTensor> source_tensors;  // Every tensor in the files,
                                              // sorted by name; empty for
                                              // synthetic weights.

@@ -20,6 +20,7 @@
 #include "engine/model/tensor.h"
 #include "engine/util/float16.h"
 #include "gtest/gtest.h"
+#include "tests/cpu/isa_test_util.h"
 
 namespace litestage::cpu {
 namespace {
@@ -95,15 +96,6 @@ std::vector<float> RandomX(int64_t m, int64_t k, std::mt19937& rng) {
   return x;
 }
 
-class IsaRestorer {
- public:
-  IsaRestorer() : saved_(ActiveIsa()) {}
-  ~IsaRestorer() { SetActiveIsaForTesting(saved_); }
-
- private:
-  Isa saved_;
-};
-
 // Fresh random inputs every run (the seed is printed on failure).
 uint32_t FreshSeed() { return std::random_device{}(); }
 
@@ -120,8 +112,8 @@ TEST(QuantMatMulTest, BitIdenticalToF32OnTheDequantizedWeights) {
                                {3, 1056, 13}, {4, 2080, 8},  {5, 576, 17},
                                {9, 1536, 33}, {33, 96, 70},  {130, 64, 20},
                                {1, 2080, 45}, {7, 1024, 16}, {1, 4096, 24}};
-  for (int level = 0; level <= static_cast<int>(DetectedIsa()); ++level) {
-    const Isa isa = SetActiveIsaForTesting(static_cast<Isa>(level));
+  for (const Isa level : AvailableIsas()) {
+    const Isa isa = SetActiveIsaForTesting(level);
     for (const QuantType& type : kTypes) {
       for (const auto& [m, k, n] : shapes) {
         QuantWeight w(type, n, k, rng);

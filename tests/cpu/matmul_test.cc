@@ -9,27 +9,10 @@
 #include "engine/backends/cpu/cpu_features.h"
 #include "engine/util/float16.h"
 #include "gtest/gtest.h"
+#include "tests/cpu/isa_test_util.h"
 
 namespace litestage::cpu {
 namespace {
-
-std::vector<Isa> AvailableIsas() {
-  std::vector<Isa> isas;
-  for (int level = 0; level <= static_cast<int>(DetectedIsa()); ++level) {
-    isas.push_back(static_cast<Isa>(level));
-  }
-  return isas;
-}
-
-// Restores the ISA that was active before the test.
-class IsaRestorer {
- public:
-  IsaRestorer() : saved_(ActiveIsa()) {}
-  ~IsaRestorer() { SetActiveIsaForTesting(saved_); }
-
- private:
-  Isa saved_;
-};
 
 // A weight matrix [n, k] in f32 or bf16, stored one element past an aligned
 // boundary so that the kernels see unaligned rows. For bf16 the f32 copy holds
